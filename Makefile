@@ -1,0 +1,29 @@
+# Two entry points for a newcomer: `make demo` and `make test`.
+# Both create (or reuse) .venv and install the project pinned by constraints.txt.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= demo-output
+PYTEST_ARGS ?=
+
+.PHONY: demo test install clean
+
+install: $(STAMP)
+
+# Re-install only when the dependency declarations change.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -c constraints.txt setuptools wheel
+	$(PY) -m pip install --quiet --no-build-isolation -c constraints.txt -e '.[test]'
+	touch $@
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	bash scripts/demo.sh $(PY) $(DEMO_DIR)
+
+clean:
+	rm -rf $(DEMO_DIR) .pytest_cache

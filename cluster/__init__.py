@@ -1,0 +1,1 @@
+"""cluster: Ray job submission, the Ray Train launcher, Ray-parallel shard building, fault tolerance."""

@@ -1,0 +1,1 @@
+"""kernels: Triton fused contrastive-loss and attention kernels, their torch references and backend dispatch."""

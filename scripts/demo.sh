@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# `make demo`: the main job end to end on built-in data.
+# Synthesize fundus data in the real layouts, build public / elite / eval shard sets, verify them, print counts.
+set -euo pipefail
+PY=${1:-python}
+OUT=${2:-demo-output}
+DATA="$OUT/data"
+
+echo "== 1/3 synthesize data into $DATA"
+"$PY" -m shards synth --out "$DATA" --public 600 --elite 200 --eval 200 --seed 0
+
+echo "== 2/3 build shards"
+public_sources=()
+for frame in "$DATA"/dataframes/pretraining/9*_SYNTH_*.csv; do
+  public_sources+=(--source "flair:$frame:$DATA/images")
+done
+"$PY" -m shards build --out "$OUT/shards/public" "${public_sources[@]}" \
+  --shard-size 200 --image-size 224 --split train=95,val=5
+"$PY" -m shards build --out "$OUT/shards/elite" --source "mm-retinal:$DATA/images/MM-Retinal" \
+  --shard-size 100 --image-size 224 --split train=90,val=10
+"$PY" -m shards build --out "$OUT/shards/eval" \
+  --source "flair:$DATA/dataframes/transferability/classification:$DATA/images" \
+  --shard-size 200 --image-size 224 --split test=100 --order source
+
+echo "== 3/3 verify and summarise"
+for set in public elite eval; do
+  "$PY" -m shards -q verify "$OUT/shards/$set"
+done
+"$PY" -m shards -q stats "$OUT/shards/public" --plot "$OUT/public-stats.png"
+"$PY" -m shards -q inspect "$OUT/shards/elite" -n 2
+echo "demo finished: shards under $OUT/shards (training on them arrives with the pretrain package)"

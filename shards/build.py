@@ -1,0 +1,376 @@
+"""`retina-shards build`: sources -> verified, deterministic, resumable WebDataset shards.
+
+Stages (each deterministic, so a rerun after a crash plans exactly the same shards):
+  1. read every source (file-level errors stop here, before any image work);
+  2. drop rows whose key repeats (same dataset and path) and hash every image file
+     (cached in DIR/.build/hashes.jsonl so a resumed build does not read them twice);
+  3. reject missing / empty files, drop content duplicates (first occurrence in source order wins);
+  4. assign splits (the source's own split, else a rule on the key hash), order, cut into shards;
+  5. build shards in a process pool; a shard is written atomically, then a marker
+     DIR/.build/<shard>.json; a rerun skips shards whose marker, plan digest and sha256 agree;
+  6. write rejects.jsonl, duplicates.jsonl and index.json.
+Always: rows read = written + rejected + duplicates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import sys
+from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from shards import index as shard_index
+from shards.images import DEFAULT_MAX_PIXELS, FORMATS, ImageOptions, ImageRejected, prepare_image
+from shards.knowledge import load_knowledge
+from shards.metadata import SHARD_FORMAT_VERSION, base_metadata
+from shards.readers import SourceSpec, read_source
+from shards.records import Record, Reject
+from shards.tarshard import file_sha256, write_shard
+
+log = logging.getLogger(__name__)
+
+SHARD_NAME = re.compile(r"^[a-z0-9_]+-\d{6}\.tar$")
+
+
+@dataclass
+class BuildConfig:
+    """What a shard build does. Everything but `workers` and `progress` decides the output bytes."""
+
+    out: Path
+    sources: list[str]
+    shard_size: int = 1000
+    image_size: int = 0  # 0 keeps the original size; else the side of the square canvas
+    image_format: str = "jpg"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    split: str = "train=100"  # rule for rows without a split of their own: name=percent,...
+    order: str = "shuffle"  # shuffle (by seeded key hash, mixes datasets) | source
+    seed: int = 0
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.shard_size < 1:
+            raise ValueError("--shard-size must be at least 1")
+        if self.image_size < 0:
+            raise ValueError("--image-size must be 0 (keep) or a positive side length")
+        if self.image_format not in FORMATS:
+            raise ValueError(f"--format must be one of {FORMATS}")
+        if self.order not in ("shuffle", "source"):
+            raise ValueError("--order must be 'shuffle' or 'source'")
+        parse_split_rule(self.split)
+
+    def output_settings(self) -> dict:
+        """The settings that shape the bytes of a shard (its plan digest includes them)."""
+        return {"format_version": SHARD_FORMAT_VERSION, "image_size": self.image_size,
+                "image_format": self.image_format, "max_pixels": self.max_pixels,
+                "knowledge_version": load_knowledge().version}
+
+    def as_json(self) -> dict:
+        out = asdict(self)
+        out["out"] = str(self.out)
+        del out["progress"], out["workers"]
+        return out
+
+
+def parse_split_rule(rule: str) -> list[tuple[str, float]]:
+    parts = []
+    for item in rule.split(","):
+        name, _, pct = item.partition("=")
+        name = name.strip()
+        if not re.fullmatch(r"[a-z0-9_]+", name):
+            raise ValueError(f"--split {rule!r}: split names are lower-case letters, digits and '_'")
+        try:
+            parts.append((name, float(pct)))
+        except ValueError:
+            raise ValueError(f"--split {rule!r}: expected name=percent,...") from None
+    if abs(sum(p for _, p in parts) - 100.0) > 1e-6:
+        raise ValueError(f"--split {rule!r}: percentages must add up to 100")
+    return parts
+
+
+def split_for(key: str, rule: list[tuple[str, float]]) -> str:
+    bucket = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % 10000 / 100.0
+    edge = 0.0
+    for name, pct in rule:
+        edge += pct
+        if bucket < edge:
+            return name
+    return rule[-1][0]
+
+
+# ---------------------------------------------------------------- stage 2: hashing with a cache
+
+def _hash_files(paths: list[str]) -> list[tuple[str, int, int, str, str]]:
+    """(path, size, mtime_ns, sha256, error) for each file; runs in pool workers."""
+    out = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+            if not os.path.isfile(path):
+                out.append((path, 0, 0, "", "not a regular file"))
+            elif st.st_size == 0:
+                out.append((path, 0, st.st_mtime_ns, "", "zero-byte image file"))
+            else:
+                out.append((path, st.st_size, st.st_mtime_ns, file_sha256(Path(path)), ""))
+        except FileNotFoundError:
+            out.append((path, 0, 0, "", "missing image file"))
+        except OSError as exc:
+            out.append((path, 0, 0, "", f"cannot read image file: {exc.strerror or exc}"))
+    return out
+
+
+class HashCache:
+    """Append-only JSONL of file hashes keyed by (path, size, mtime); tolerant of a torn last line."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.known: dict[str, tuple[int, int, str]] = {}
+        if path.exists():
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                try:
+                    entry = json.loads(line)
+                    self.known[entry["path"]] = (entry["size"], entry["mtime_ns"], entry["sha256"])
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue
+
+    def lookup(self, path: str) -> str | None:
+        entry = self.known.get(path)
+        if entry is None:
+            return None
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return entry[2] if (st.st_size, st.st_mtime_ns) == entry[:2] else None
+
+    def add(self, results: list[tuple[str, int, int, str, str]]) -> None:
+        with open(self.path, "a", encoding="utf-8") as fh:
+            for path, size, mtime_ns, sha, error in results:
+                if not error:
+                    fh.write(json.dumps({"path": path, "size": size, "mtime_ns": mtime_ns, "sha256": sha}) + "\n")
+
+
+def hash_images(paths: list[str], cache: HashCache, pool: Executor | None, progress: bool) -> dict[str, tuple[str, str]]:
+    """path -> (sha256, error)."""
+    result: dict[str, tuple[str, str]] = {}
+    todo = []
+    for path in paths:
+        sha = cache.lookup(path)
+        if sha:
+            result[path] = (sha, "")
+        else:
+            todo.append(path)
+    chunks = [todo[i:i + 64] for i in range(0, len(todo), 64)]
+    bar = tqdm(total=len(paths), initial=len(paths) - len(todo), desc="hash images", unit="img",
+               disable=not progress, file=sys.stderr)
+    done = pool.map(_hash_files, chunks) if pool else map(_hash_files, chunks)
+    for chunk_result in done:
+        cache.add(chunk_result)
+        for path, _, _, sha, error in chunk_result:
+            result[path] = (sha, error)
+        bar.update(len(chunk_result))
+    bar.close()
+    return result
+
+
+# ---------------------------------------------------------------- stage 5: one shard
+
+@dataclass
+class ShardTask:
+    name: str
+    split: str
+    digest: str
+    samples: list[tuple[str, dict, str]]  # (image file, base metadata, caption)
+    options: ImageOptions
+    out_dir: Path
+
+
+def build_one_shard(task: ShardTask) -> dict:
+    """Prepare every image of one shard, write it atomically, then its marker. Runs in pool workers."""
+    written, rejects = [], []
+    for image_file, meta, caption in task.samples:
+        try:
+            data = Path(image_file).read_bytes()
+            if hashlib.sha256(data).hexdigest() != meta["sha256"]:
+                raise ImageRejected("image file changed while the build ran")
+            image = prepare_image(data, task.options)
+        except ImageRejected as exc:
+            rejects.append({"source": meta["source"], "line": meta["line"], "path": meta["path"],
+                            "reason": str(exc)})
+            continue
+        except OSError as exc:
+            rejects.append({"source": meta["source"], "line": meta["line"], "path": meta["path"],
+                            "reason": f"cannot read image file: {exc.strerror or exc}"})
+            continue
+        full = dict(meta, width=image.width, height=image.height,
+                    original={"width": image.original_width, "height": image.original_height,
+                              "mode": image.original_mode, "format": image.original_format},
+                    converted=image.converted)
+        written.append({"__key__": meta["key"], image.ext: image.data, "txt": caption.encode("utf-8"),
+                        "json": json.dumps(full, ensure_ascii=False, sort_keys=True).encode("utf-8")})
+    size, sha = write_shard(task.out_dir / task.name, written)
+    marker = {"name": task.name, "split": task.split, "digest": task.digest, "samples": len(written),
+              "bytes": size, "sha256": sha, "rejects": rejects}
+    shard_index.write_json_atomic(shard_index.marker_path(task.out_dir, task.name), marker)
+    return marker
+
+
+def reusable_marker(out: Path, name: str, digest: str) -> dict | None:
+    """The marker of a shard finished by an earlier run with the same plan, if its bytes still match."""
+    marker = shard_index.read_marker(out, name)
+    if not marker or marker.get("digest") != digest:
+        return None
+    shard = out / name
+    if not shard.exists() or shard.stat().st_size != marker.get("bytes"):
+        return None
+    return marker if file_sha256(shard) == marker.get("sha256") else None
+
+
+# ---------------------------------------------------------------- the whole build
+
+@dataclass
+class Plan:
+    tasks: list[ShardTask]
+    rejects: list[dict]
+    duplicates: list[dict]
+    rows_read: int
+    sources: list[dict]
+
+
+def plan_build(cfg: BuildConfig, pool: Executor | None) -> Plan:
+    specs = [SourceSpec.parse(s) for s in cfg.sources]
+    items: list[Record | Reject] = []
+    sources = []
+    for spec in specs:
+        got = read_source(spec)
+        log.info("read %s: %d rows", spec, len(got))
+        sources.append({"spec": str(spec), "rows": len(got)})
+        items.extend(got)
+
+    rejects = [r.as_json() for r in items if isinstance(r, Reject)]
+    duplicates: list[dict] = []
+    records: list[Record] = []
+    first_by_key: dict[str, Record] = {}
+    for rec in (r for r in items if isinstance(r, Record)):
+        if rec.key in first_by_key:
+            duplicates.append(_duplicate(rec, first_by_key[rec.key], "same dataset and image path"))
+        else:
+            first_by_key[rec.key] = rec
+            records.append(rec)
+
+    cache = HashCache(shard_index.build_dir(cfg.out) / "hashes.jsonl")
+    hashes = hash_images(sorted({str(r.image_file) for r in records}), cache, pool, cfg.progress)
+    first_by_sha: dict[str, Record] = {}
+    kept: list[tuple[Record, str]] = []
+    for rec in records:
+        sha, error = hashes[str(rec.image_file)]
+        if error:
+            rejects.append(Reject(rec.source, rec.line, rec.path, error).as_json())
+        elif sha in first_by_sha:
+            duplicates.append(_duplicate(rec, first_by_sha[sha], "same image content"))
+        else:
+            first_by_sha[sha] = rec
+            kept.append((rec, sha))
+
+    rule = parse_split_rule(cfg.split)
+    by_split: dict[str, list[tuple[Record, dict]]] = {}
+    for rec, sha in kept:
+        split = rec.split.lower() if rec.split else split_for(rec.key, rule)
+        by_split.setdefault(split, []).append((rec, base_metadata(rec, split, sha)))
+    settings = json.dumps(cfg.output_settings(), sort_keys=True)
+    options = ImageOptions(cfg.image_size, cfg.image_format, cfg.max_pixels)
+    tasks = []
+    for split in sorted(by_split):
+        rows = by_split[split]
+        if cfg.order == "shuffle":
+            rows.sort(key=lambda rm: hashlib.sha1(f"{cfg.seed}:{rm[0].key}".encode()).hexdigest())
+        for number, start in enumerate(range(0, len(rows), cfg.shard_size)):
+            chunk = rows[start:start + cfg.shard_size]
+            samples = [(str(rec.image_file), meta, rec.caption) for rec, meta in chunk]
+            digest = hashlib.sha256((settings + json.dumps([(m, c) for _, m, c in samples], sort_keys=True,
+                                                            ensure_ascii=False)).encode("utf-8")).hexdigest()
+            tasks.append(ShardTask(f"{split}-{number:06d}.tar", split, digest, samples, options, cfg.out))
+    return Plan(tasks, rejects, duplicates, len(items), sources)
+
+
+def _duplicate(rec: Record, first: Record, why: str) -> dict:
+    return {"source": rec.source, "line": rec.line, "path": rec.path, "reason": why,
+            "duplicate_of": {"source": first.source, "line": first.line, "path": first.path}}
+
+
+def run_shards(tasks: list[ShardTask], pool: Executor | None, progress: bool) -> list[dict]:
+    results: dict[str, dict] = {}
+    todo = []
+    for task in tasks:
+        marker = reusable_marker(task.out_dir, task.name, task.digest)
+        if marker:
+            results[task.name] = marker
+        else:
+            todo.append(task)
+    if len(todo) < len(tasks):
+        log.info("resuming: %d of %d shards already built and verified", len(tasks) - len(todo), len(tasks))
+    total = sum(len(t.samples) for t in tasks)
+    bar = tqdm(total=total, initial=total - sum(len(t.samples) for t in todo), desc="build shards",
+               unit="img", disable=not progress, file=sys.stderr)
+    if pool is None:
+        for task in todo:
+            results[task.name] = build_one_shard(task)
+            bar.update(len(task.samples))
+    else:
+        futures = {pool.submit(build_one_shard, task): task for task in todo}
+        for future in as_completed(futures):
+            results[futures[future].name] = future.result()
+            bar.update(len(futures[future].samples))
+    bar.close()
+    return [results[t.name] for t in tasks]
+
+
+def remove_stale(out: Path, keep: set[str]) -> None:
+    """Shards and markers from an earlier, different plan would confuse readers of DIR/*.tar."""
+    for path in out.iterdir():
+        if (SHARD_NAME.match(path.name) and path.name not in keep) or path.name.endswith(".tar.partial"):
+            path.unlink()
+    for marker in shard_index.build_dir(out).glob("*.tar.json"):
+        if marker.name[:-len(".json")] not in keep:
+            marker.unlink()
+
+
+def build(cfg: BuildConfig) -> dict:
+    """Run a build (or finish an interrupted one) and return the index it wrote."""
+    cfg.validate()
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    shard_index.build_dir(cfg.out).mkdir(exist_ok=True)
+    pool = ProcessPoolExecutor(max_workers=cfg.workers) if cfg.workers > 1 else None
+    try:
+        plan = plan_build(cfg, pool)
+        remove_stale(cfg.out, {t.name for t in plan.tasks})
+        shards = run_shards(plan.tasks, pool, cfg.progress)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    rejects = plan.rejects + [r for s in shards for r in s["rejects"]]
+    index = shard_index.make_index(cfg.as_json(), plan.sources, shards, plan.rows_read, rejects,
+                                   plan.duplicates, load_knowledge().vocabulary)
+    shard_index.write_jsonl_atomic(cfg.out / "rejects.jsonl", rejects)
+    shard_index.write_jsonl_atomic(cfg.out / "duplicates.jsonl", plan.duplicates)
+    shard_index.write_json_atomic(cfg.out / "index.json", index)
+    _log_summary(index, rejects)
+    return index
+
+
+def _log_summary(index: dict, rejects: list[dict]) -> None:
+    totals = index["totals"]
+    log.info("rows read %d = written %d + rejected %d + duplicates %d; %d shards",
+             totals["rows_read"], totals["written"], totals["rejected"], totals["duplicates"],
+             len(index["shards"]))
+    for reason, count in index["rejects_by_reason"].items():
+        example = next(r for r in rejects if shard_index.reason_kind(r["reason"]) == reason)
+        log.warning("rejected %d row(s): %s (e.g. %s:%s %s)", count, reason, example["source"],
+                    example["line"], example["path"])
