@@ -20,7 +20,8 @@ import logging
 import os
 import re
 import sys
-from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
+from collections import deque
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from shards.tarshard import file_sha256, write_shard
 log = logging.getLogger(__name__)
 
 SHARD_NAME = re.compile(r"^[a-z0-9_]+-\d{6}\.tar$")
+CHUNK = 16  # images per pool job: large enough to amortise IPC, small enough to balance load
 
 
 @dataclass
@@ -188,37 +190,38 @@ class ShardTask:
     split: str
     digest: str
     samples: list[tuple[str, dict, str]]  # (image file, base metadata, caption)
-    options: ImageOptions
-    out_dir: Path
 
 
-def build_one_shard(task: ShardTask) -> dict:
-    """Prepare every image of one shard, write it atomically, then its marker. Runs in pool workers."""
-    written, rejects = [], []
-    for image_file, meta, caption in task.samples:
+def prepare_samples(samples: list[tuple[str, dict, str]], options: ImageOptions) -> list[tuple[dict | None, dict | None]]:
+    """(tar sample, None) or (None, reject) for each sample; runs in pool workers."""
+    out = []
+    for image_file, meta, caption in samples:
         try:
             data = Path(image_file).read_bytes()
             if hashlib.sha256(data).hexdigest() != meta["sha256"]:
                 raise ImageRejected("image file changed while the build ran")
-            image = prepare_image(data, task.options)
-        except ImageRejected as exc:
-            rejects.append({"source": meta["source"], "line": meta["line"], "path": meta["path"],
-                            "reason": str(exc)})
-            continue
-        except OSError as exc:
-            rejects.append({"source": meta["source"], "line": meta["line"], "path": meta["path"],
-                            "reason": f"cannot read image file: {exc.strerror or exc}"})
+            image = prepare_image(data, options)
+        except (ImageRejected, OSError) as exc:
+            reason = str(exc) if isinstance(exc, ImageRejected) else f"cannot read image file: {exc.strerror or exc}"
+            out.append((None, {"source": meta["source"], "line": meta["line"], "path": meta["path"],
+                               "reason": reason}))
             continue
         full = dict(meta, width=image.width, height=image.height,
                     original={"width": image.original_width, "height": image.original_height,
                               "mode": image.original_mode, "format": image.original_format},
                     converted=image.converted)
-        written.append({"__key__": meta["key"], image.ext: image.data, "txt": caption.encode("utf-8"),
-                        "json": json.dumps(full, ensure_ascii=False, sort_keys=True).encode("utf-8")})
-    size, sha = write_shard(task.out_dir / task.name, written)
-    marker = {"name": task.name, "split": task.split, "digest": task.digest, "samples": len(written),
-              "bytes": size, "sha256": sha, "rejects": rejects}
-    shard_index.write_json_atomic(shard_index.marker_path(task.out_dir, task.name), marker)
+        out.append(({"__key__": meta["key"], image.ext: image.data, "txt": caption.encode("utf-8"),
+                     "json": json.dumps(full, ensure_ascii=False, sort_keys=True).encode("utf-8")}, None))
+    return out
+
+
+def finish_shard(task: ShardTask, out: Path, prepared: list[tuple[dict | None, dict | None]]) -> dict:
+    """Write one shard atomically, then its marker (the marker is what a resumed build trusts)."""
+    size, sha = write_shard(out / task.name, [sample for sample, _ in prepared if sample])
+    marker = {"name": task.name, "split": task.split, "digest": task.digest,
+              "samples": sum(1 for sample, _ in prepared if sample), "bytes": size, "sha256": sha,
+              "rejects": [reject for _, reject in prepared if reject]}
+    shard_index.write_json_atomic(shard_index.marker_path(out, task.name), marker)
     return marker
 
 
@@ -285,7 +288,6 @@ def plan_build(cfg: BuildConfig, pool: Executor | None) -> Plan:
         split = rec.split.lower() if rec.split else split_for(rec.key, rule)
         by_split.setdefault(split, []).append((rec, base_metadata(rec, split, sha)))
     settings = json.dumps(cfg.output_settings(), sort_keys=True)
-    options = ImageOptions(cfg.image_size, cfg.image_format, cfg.max_pixels)
     tasks = []
     for split in sorted(by_split):
         rows = by_split[split]
@@ -296,7 +298,7 @@ def plan_build(cfg: BuildConfig, pool: Executor | None) -> Plan:
             samples = [(str(rec.image_file), meta, rec.caption) for rec, meta in chunk]
             digest = hashlib.sha256((settings + json.dumps([(m, c) for _, m, c in samples], sort_keys=True,
                                                             ensure_ascii=False)).encode("utf-8")).hexdigest()
-            tasks.append(ShardTask(f"{split}-{number:06d}.tar", split, digest, samples, options, cfg.out))
+            tasks.append(ShardTask(f"{split}-{number:06d}.tar", split, digest, samples))
     return Plan(tasks, rejects, duplicates, len(items), sources)
 
 
@@ -305,11 +307,14 @@ def _duplicate(rec: Record, first: Record, why: str) -> dict:
             "duplicate_of": {"source": first.source, "line": first.line, "path": first.path}}
 
 
-def run_shards(tasks: list[ShardTask], pool: Executor | None, progress: bool) -> list[dict]:
+def run_shards(tasks: list[ShardTask], out: Path, options: ImageOptions, pool: Executor | None,
+               workers: int, progress: bool) -> list[dict]:
+    """Build the shards not already done. Images are prepared in the pool in chunks (so parallelism
+    does not depend on the number of shards); shards are written here, in order, a few shards ahead."""
     results: dict[str, dict] = {}
     todo = []
     for task in tasks:
-        marker = reusable_marker(task.out_dir, task.name, task.digest)
+        marker = reusable_marker(out, task.name, task.digest)
         if marker:
             results[task.name] = marker
         else:
@@ -319,17 +324,31 @@ def run_shards(tasks: list[ShardTask], pool: Executor | None, progress: bool) ->
     total = sum(len(t.samples) for t in tasks)
     bar = tqdm(total=total, initial=total - sum(len(t.samples) for t in todo), desc="build shards",
                unit="img", disable=not progress, file=sys.stderr)
-    if pool is None:
-        for task in todo:
-            results[task.name] = build_one_shard(task)
-            bar.update(len(task.samples))
-    else:
-        futures = {pool.submit(build_one_shard, task): task for task in todo}
-        for future in as_completed(futures):
-            results[futures[future].name] = future.result()
-            bar.update(len(futures[future].samples))
+
+    def submit(task: ShardTask) -> list:
+        chunks = [task.samples[i:i + CHUNK] for i in range(0, len(task.samples), CHUNK)]
+        if pool is None:
+            return [prepare_samples(chunk, options) for chunk in chunks]
+        return [pool.submit(prepare_samples, chunk, options) for chunk in chunks]
+
+    in_flight: deque[tuple[ShardTask, list]] = deque()
+    queued = iter(todo)
+    for task in queued:
+        in_flight.append((task, submit(task)))
+        # keep every worker busy, but hold at most a few shards of images in memory
+        while in_flight and (sum(len(c) for _, c in in_flight) >= 4 * workers or len(in_flight) > 8):
+            results.update(_collect(in_flight.popleft(), out, bar))
+    while in_flight:
+        results.update(_collect(in_flight.popleft(), out, bar))
     bar.close()
     return [results[t.name] for t in tasks]
+
+
+def _collect(entry: tuple[ShardTask, list], out: Path, bar: tqdm) -> dict[str, dict]:
+    task, chunks = entry
+    prepared = [item for chunk in chunks for item in (chunk.result() if isinstance(chunk, Future) else chunk)]
+    bar.update(len(task.samples))
+    return {task.name: finish_shard(task, out, prepared)}
 
 
 def remove_stale(out: Path, keep: set[str]) -> None:
@@ -351,7 +370,8 @@ def build(cfg: BuildConfig) -> dict:
     try:
         plan = plan_build(cfg, pool)
         remove_stale(cfg.out, {t.name for t in plan.tasks})
-        shards = run_shards(plan.tasks, pool, cfg.progress)
+        options = ImageOptions(cfg.image_size, cfg.image_format, cfg.max_pixels)
+        shards = run_shards(plan.tasks, cfg.out, options, pool, cfg.workers, cfg.progress)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)

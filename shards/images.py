@@ -17,6 +17,7 @@ from PIL import Image, ImageOps
 DEFAULT_MAX_PIXELS = 100_000_000  # a 10k x 10k photo; anything larger is treated as a decompression bomb
 JPEG_QUALITY = 95
 FORMATS = ("jpg", "png")
+ORIENTATION = 0x0112  # EXIF tag
 
 
 class ImageRejected(ValueError):
@@ -118,9 +119,14 @@ def prepare_image(data: bytes, options: ImageOptions) -> PreparedImage:
             raise ImageRejected(f"decompression bomb: {width}x{height} = {width * height} pixels "
                                 f"is over the limit of {options.max_pixels}")
         original_mode, original_format = img.mode, img.format or ""
+        if options.image_size:
+            # JPEG can decode straight at 1/2, 1/4 or 1/8 scale (never below the target): much less work
+            scale = options.image_size / max(width, height)
+            img.draft(img.mode, (max(1, round(width * scale)), max(1, round(height * scale))))
         try:
             img.load()
-            img = ImageOps.exif_transpose(img)
+            if img.getexif().get(ORIENTATION, 1) != 1:
+                img = ImageOps.exif_transpose(img)
         except Image.DecompressionBombWarning as exc:
             raise ImageRejected(f"decompression bomb: {exc}") from None
         except (OSError, SyntaxError, ValueError, EOFError) as exc:

@@ -69,8 +69,8 @@ def _macula(albedo: np.ndarray, rng: np.random.Generator, f: Fundus) -> None:
 def _disc(albedo: np.ndarray, rng: np.random.Generator, f: Fundus, recipe: Recipe) -> None:
     if recipe.peripapillary_atrophy:  # pale crescent on the temporal side of the disc
         halo = soft_ellipse(f.size, f.disc_x, f.disc_y, f.disc_rx * 1.35, f.disc_ry * 1.2, 0.1)
-        yy, xx = grid(f.size)
-        tint(albedo, halo * (xx < f.disc_x - 0.2 * f.disc_rx), ATROPHY, rng.uniform(0.4, 0.7))
+        temporal = grid(f.size)[1] < f.disc_x - 0.2 * f.disc_rx
+        tint(albedo, halo * temporal, ATROPHY, rng.uniform(0.4, 0.7))
     tint(albedo, soft_ellipse(f.size, f.disc_x, f.disc_y, f.disc_rx, f.disc_ry, 0.12), RIM)
     cdr = recipe.cup_disc
     stretch = 1.08 if recipe.glaucoma else 1.0  # glaucomatous cups enlarge vertically first

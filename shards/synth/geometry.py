@@ -69,12 +69,13 @@ def scatter(rng: np.random.Generator, f: Fundus, n: int, *, around: tuple[float,
             r_min: float, r_max: float, avoid_disc: bool = True) -> np.ndarray:
     """`n` points (n, 2) at radii r_min..r_max (in disc diameters) around a centre, in the field of view.
 
-    Radii are drawn uniformly in area, so density is even; points on the disc are redrawn.
+    Radii are drawn uniformly in area, so density is even; points on the disc or outside the field
+    are redrawn, and a region mostly outside the field may yield fewer than `n`.
     """
     if n <= 0:
         return np.zeros((0, 2), dtype=np.float32)
     chosen = np.zeros((0, 2))
-    for _ in range(8):  # a few rounds of rejection are always enough in practice
+    for _ in range(8):
         m = 3 * n + 8
         r = f.dd * np.sqrt(rng.uniform(r_min ** 2, r_max ** 2, m))
         t = rng.uniform(0, 2 * np.pi, m)

@@ -32,7 +32,11 @@ ELITE = "MM-Retinal"
 
 def synthesize(out: Path, *, public: int = 600, elite: int = 200, eval: int = 200, seed: int = 0,
                image_size: int = 256, progress: bool = True) -> dict:
-    """Generate the tree under `out` and return the manifest also written to `out/synth.json`."""
+    """Generate the tree under `out` and return the manifest also written to `out/synth.json`.
+
+    `public` images are split about 40/30/30 over the three categorical sources, `elite` about
+    60/25/15 over MM-Retinal CFP/FFA/OCT, and `eval` evenly over the three evaluation sets.
+    """
     out = Path(out)
     images, frames = out / "images", out / "dataframes"
     panels = plan(elite, image_rng(seed, ELITE, "plan"))

@@ -76,7 +76,7 @@ def draw_oct(r: Recipe, rng: np.random.Generator, size: int, eye: str) -> Image.
     yy, xx = grid(size)
     fovea = size * rng.uniform(0.42, 0.58)
     u = (xx[0] - fovea) / size  # scan position relative to the fovea
-    bruch = size * (rng.uniform(0.55, 0.68) + rng.uniform(-0.15, 0.15) * u + rng.uniform(0.0, 0.5) * u ** 2)
+    bruch = size * (rng.uniform(0.5, 0.64) + rng.uniform(-0.15, 0.15) * u + rng.uniform(0.0, 0.5) * u ** 2)
     bruch = bruch + 0.006 * size * _wobble(rng, size, 6)
     thick = _thicknesses(rng, u, r, size * rng.uniform(0.18, 0.24))
     tops, bottom = [], bruch

@@ -66,7 +66,11 @@ class Recipe:
 
     @property
     def glaucoma(self) -> bool:
-        return GLAUCOMA in self.found or CUPPING in self.found
+        return _glaucomatous(self.found)
+
+
+def _glaucomatous(found: Iterable[str]) -> bool:
+    return GLAUCOMA in found or CUPPING in found
 
 
 def _grade(found: set[str], rng: np.random.Generator) -> int:
@@ -86,22 +90,25 @@ def _cup_disc(found: set[str], rng: np.random.Generator) -> float:
     return float(np.clip(rng.normal(0.33, 0.08), 0.15, 0.55))
 
 
+def _count(rng: np.random.Generator, span: tuple[int, int]) -> int:
+    return int(rng.integers(span[0], span[1] + 1))
+
+
 def make_recipe(categories: Iterable[str], rng: np.random.Generator) -> Recipe:
+    """Recognise the categories (canonical or messy names) and draw how much of each finding to show."""
     found = recognise(categories)
     grade = _grade(found, rng)
-    counts = {field: int(rng.integers(lo, hi + 1)) for field, ranges in _BY_GRADE.items()
-              for lo, hi in [ranges[grade]]}
+    counts = {field: _count(rng, spans[grade]) for field, spans in _BY_GRADE.items()}
     counts["drusen"] = 0
     for lesion, minimums in _BY_LESION.items():
         if lesion in found:
-            for field, (lo, hi) in minimums.items():
-                counts[field] = max(counts[field], int(rng.integers(lo, hi + 1)))
+            for field, span in minimums.items():
+                counts[field] = max(counts[field], _count(rng, span))
     amd = AMD in found
     edema = "macular edema" in found
-    if edema:
-        counts["exudate_clusters"] = max(counts["exudate_clusters"], int(rng.integers(1, 4)))
+    if edema:  # exudates gather around a leaking macula
+        counts["exudate_clusters"] = max(counts["exudate_clusters"], _count(rng, (1, 3)))
     red = counts["microaneurysms"] + counts["dot_haemorrhages"] + counts["flame_haemorrhages"]
-    glaucoma = GLAUCOMA in found or CUPPING in found
     return Recipe(
         found=frozenset(found),
         dr_grade=grade,
@@ -109,12 +116,12 @@ def make_recipe(categories: Iterable[str], rng: np.random.Generator) -> Recipe:
         drusen_scale=float(rng.uniform(1.4, 2.3) if amd else rng.uniform(0.9, 1.3)),
         macular_edema=edema,
         subretinal_fluid=edema and rng.random() < 0.6,
-        leaks=int(rng.integers(0, grade + 1)) if grade >= 2 else 0,
+        leaks=_count(rng, (0, grade)) if grade >= 2 else 0,
         amd=amd,
         geographic_atrophy=amd and rng.random() < 0.2,
         cnv=amd and rng.random() < 0.25,
         preretinal_haemorrhage=grade == 4 and rng.random() < 0.35,
-        peripapillary_atrophy=rng.random() < (0.5 if glaucoma else 0.1),
-        noise_dots=int(rng.integers(1, 3)) if red == 0 and rng.random() < 0.25 else 0,
+        peripapillary_atrophy=rng.random() < (0.5 if _glaucomatous(found) else 0.1),
+        noise_dots=_count(rng, (1, 2)) if red == 0 and rng.random() < 0.25 else 0,
         **counts,
     )

@@ -42,6 +42,10 @@ def read_rows(path: Path) -> tuple[list[str], list[list[str]]]:
     return rows[0], rows[1:]
 
 
+def rows_of(path: Path) -> list[list[str]]:
+    return read_rows(path)[1]
+
+
 def image_files(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.suffix in (".jpg", ".png")]
 
@@ -64,7 +68,7 @@ def test_other_seed_gives_other_images(tree: Path, tmp_path: Path) -> None:
 def test_images_do_not_depend_on_run_size(tree: Path, tmp_path: Path) -> None:
     synthesize(tmp_path / "smaller", seed=0, public=10, elite=0, eval=0, image_size=96, progress=False)
     smaller = digests(tmp_path / "smaller")
-    images = [k for k in smaller if k.startswith("images/")]
+    images = [k for k in smaller if k.endswith((".jpg", ".png"))]
     assert len(images) == 10
     assert all(smaller[k] == digests(tree)[k] for k in images)
 
@@ -159,10 +163,6 @@ def test_caption_tables(tree: Path) -> None:
     assert counts["MM-Retinal/CFP"] == len(rows_of(tree / "dataframes" / "pretraining" / "39_MM_Retinal_dataset.csv"))
 
 
-def rows_of(path: Path) -> list[list[str]]:
-    return read_rows(path)[1]
-
-
 def test_manifest_matches_the_tree(tree: Path) -> None:
     manifest = json.loads((tree / "synth.json").read_text(encoding="utf-8"))
     assert manifest["seed"] == 0 and manifest["image_size"] == 96
@@ -193,15 +193,18 @@ def test_messy_labels_still_name_their_class() -> None:
 # --- classes are visible in pixels ---------------------------------------------------------------
 
 def isolated_dark_pixels(img: Image.Image, radius: int) -> int:
-    """Green-channel pixels darker than every pixel on a ring around them: blobs, not vessels."""
-    g = np.asarray(img.getchannel("G"), dtype=np.float32)
+    """Green-channel pixels darker than every pixel on a ring around them: blobs, not vessels.
+
+    A light blur first, so sensor noise along a vessel does not read as a blob.
+    """
+    g = np.asarray(img.getchannel("G").filter(ImageFilter.GaussianBlur(1)), dtype=np.float32)
     pad, (h, w) = np.pad(g, radius, mode="edge"), g.shape
     ring = np.full_like(g, np.inf)
     for dy in range(-radius, radius + 1):
         for dx in range(-radius, radius + 1):
             if radius - 0.5 <= np.hypot(dy, dx) < radius + 0.5:
                 ring = np.minimum(ring, pad[radius + dy:radius + dy + h, radius + dx:radius + dx + w])
-    return int(((ring - g) > 10).sum())
+    return int(((ring - g) > 8).sum())
 
 
 def bright_cup_fraction(img: Image.Image) -> float:
@@ -230,9 +233,9 @@ def test_red_lesions_show_as_dark_blobs() -> None:
     def blobs(categories: list[str]) -> float:
         return float(np.mean([isolated_dark_pixels(i, 3) for i in renders(categories)]))
 
-    normal = blobs(["normal"])
-    assert blobs(["microaneurysms", "hemorrhages"]) > 2 * normal + 5
-    assert blobs(["severe diabetic retinopathy"]) > blobs(["mild diabetic retinopathy"])
+    normal, mild = blobs(["normal"]), blobs(["mild diabetic retinopathy"])
+    assert blobs(["microaneurysms", "hemorrhages"]) > 3 * normal + 5
+    assert blobs(["severe diabetic retinopathy"]) > 2 * mild > 2 * normal
 
 
 def test_captions_describe_what_is_drawn() -> None:
