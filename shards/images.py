@@ -112,8 +112,8 @@ def prepare_image(data: bytes, options: ImageOptions) -> PreparedImage:
             raise ImageRejected(f"decompression bomb: {exc}") from None
         except Image.UnidentifiedImageError:
             raise ImageRejected("not a readable image: unknown or unsupported format") from None
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise ImageRejected(f"not a readable image: {exc}") from None
+        except Exception as exc:  # decoders of untrusted files fail in many ways; none may stop a build
+            raise ImageRejected(f"not a readable image: {type(exc).__name__}: {exc}") from None
         width, height = img.size
         if width * height > options.max_pixels:
             raise ImageRejected(f"decompression bomb: {width}x{height} = {width * height} pixels "
@@ -129,8 +129,8 @@ def prepare_image(data: bytes, options: ImageOptions) -> PreparedImage:
                 img = ImageOps.exif_transpose(img)
         except Image.DecompressionBombWarning as exc:
             raise ImageRejected(f"decompression bomb: {exc}") from None
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            raise ImageRejected(f"truncated or corrupt image: {exc}") from None
+        except Exception as exc:  # see above
+            raise ImageRejected(f"truncated or corrupt image: {type(exc).__name__}: {exc}") from None
     img, converted = normalise_mode(img)
     if options.image_size:
         img = fit_square(img, options.image_size)
