@@ -1,0 +1,95 @@
+"""Two gloo processes: the distributed loss equals open_clip's local-loss/gather-with-grad and the
+single-process loss on the concatenated batch, for values and gradients."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from open_clip.loss import ClipLoss
+
+from kernels import contrastive_loss, distributed_contrastive_loss
+from tests.kernels.contrastive_cases import embeddings, labels_for
+
+pytestmark = pytest.mark.multiproc
+
+WORLD, LOCAL, DIM = 2, 23, 40
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def global_batch(case: str):
+    g = torch.Generator().manual_seed(7)
+    n = WORLD * LOCAL
+    labels = labels_for("multi_hot_positives", n, g) if case == "labels" else None
+    return embeddings(n, DIM, g).float(), embeddings(n, DIM, g).float(), labels
+
+
+def options(case: str) -> dict:
+    if case == "labels":
+        return {"positives": "labels", "exclude_false_negatives": True, "weighting": "jaccard"}
+    return {}
+
+
+def leaf(x: torch.Tensor) -> torch.Tensor:
+    return x.detach().clone().requires_grad_()
+
+
+def single_process(case: str):
+    image, text, labels = global_batch(case)
+    image, text, scale = leaf(image), leaf(text), torch.tensor(20.0, requires_grad=True)
+    loss = contrastive_loss(image, text, scale, labels=labels, chunk_size=16, **options(case))
+    loss.backward()
+    return loss.detach(), image.grad, text.grad, scale.grad
+
+
+def worker(rank: int, port: int, case: str) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    try:
+        image, text, labels = global_batch(case)
+        rows = slice(rank * LOCAL, (rank + 1) * LOCAL)
+        local_labels = None if labels is None else labels[rows]
+
+        def run(loss_fn):
+            img, txt, scale = leaf(image[rows]), leaf(text[rows]), torch.tensor(20.0, requires_grad=True)
+            loss = loss_fn(img, txt, scale)
+            loss.backward()
+            return loss.detach(), img.grad, txt.grad, scale.grad
+
+        ours = run(lambda i, t, s: distributed_contrastive_loss(i, t, s, labels=local_labels, chunk_size=8,
+                                                                **options(case)))
+        if case == "identity":
+            clip = ClipLoss(local_loss=True, gather_with_grad=True, rank=rank, world_size=WORLD)
+            theirs = run(lambda i, t, s: clip(i, t, s))
+            for mine, ref in zip(ours, theirs):
+                torch.testing.assert_close(mine, ref, atol=1e-6, rtol=1e-5)
+
+        # averaged over ranks (what DDP does to gradients), the local losses are the global loss
+        loss, g_image, g_text, g_scale = ours
+        full = single_process(case)
+        mean_loss = loss.clone()
+        dist.all_reduce(mean_loss)
+        dist.all_reduce(g_scale)
+        torch.testing.assert_close(mean_loss / WORLD, full[0], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(g_scale / WORLD, full[3], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(g_image / WORLD, full[1][rows], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(g_text / WORLD, full[2][rows], atol=1e-6, rtol=1e-5)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("case", ["identity", "labels"])
+def test_two_gloo_ranks_match_open_clip_and_single_process(case):
+    mp.spawn(worker, args=(free_port(), case), nprocs=WORLD, join=True)
+
+
+def test_not_distributed_is_the_plain_loss():
+    image, text, _ = global_batch("identity")
+    assert torch.equal(distributed_contrastive_loss(image, text, 10.0), contrastive_loss(image, text, 10.0))
