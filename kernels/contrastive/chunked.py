@@ -5,6 +5,9 @@ similarities from the saved inputs (the same scheme as the Triton kernels, in pl
 
     p_ij = exp(s_ij + log w_ij - lse_i),  dL/ds_ij = (p_ij - P_ij / c_i) / M
     dq_i = scale * sum_j dL/ds_ij k_j,  dk_j = scale * sum_i dL/ds_ij q_i,  dscale = sum dL/ds_ij <q_i, k_j>
+
+Without labels (identity positives, unit weights) no mask or weight matrix is built at all: the
+positive of row i is the single entry on the chunk's shifted diagonal.
 """
 
 from __future__ import annotations
@@ -14,14 +17,15 @@ import torch
 from kernels.contrastive.spec import LabelCodes, LossOptions, pair_rules
 
 
-def _chunk_terms(q: torch.Tensor, keys: torch.Tensor, scale: torch.Tensor, start: int, offset: int,
-                 rows: LabelCodes | None, key_codes: LabelCodes | None, opts: LossOptions):
-    dot = q @ keys.T
-    s = scale * dot
-    i = torch.arange(start, start + q.shape[0], device=q.device)[:, None]
-    j = torch.arange(keys.shape[0], device=q.device)[None, :]
+def _rules(start: int, m: int, n: int, offset: int, rows: LabelCodes | None, key_codes: LabelCodes | None,
+           opts: LossOptions, device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(positive mask, log weights) of a row chunk, or None on the label-free fast path."""
+    if rows is None:
+        return None
+    i = torch.arange(start, start + m, device=device)[:, None]
+    j = torch.arange(n, device=device)[None, :]
     positive, weight = pair_rules(i, j, offset, rows, key_codes, opts)
-    return dot, s, positive, weight
+    return positive, torch.log(weight)  # log 0 = -inf drops excluded pairs exactly
 
 
 class ChunkedDirection(torch.autograd.Function):
@@ -32,15 +36,21 @@ class ChunkedDirection(torch.autograd.Function):
         keys = (torch.cat([k, queue.to(k.dtype)]) if queue is not None else k).float()
         qf, sf = q.float(), scale.float()
         lse = torch.empty(q.shape[0], dtype=torch.float32, device=q.device)
-        count = torch.empty_like(lse)
+        count = torch.ones_like(lse)
         total = torch.zeros((), dtype=torch.float32, device=q.device)
         for start in range(0, q.shape[0], chunk):
-            _, s, positive, weight = _chunk_terms(qf[start:start + chunk], keys, sf, start, offset, rows,
-                                                  key_codes, opts)
-            lse_c = torch.logsumexp(s + torch.log(weight), dim=1)  # log 0 = -inf drops excluded pairs
-            count_c = positive.sum(1).float()
-            total += (lse_c - (s * positive).sum(1) / count_c).sum()
-            lse[start:start + chunk], count[start:start + chunk] = lse_c, count_c
+            s = sf * (qf[start:start + chunk] @ keys.T)
+            rules = _rules(start, s.shape[0], s.shape[1], offset, rows, key_codes, opts, q.device)
+            if rules is None:
+                lse_c = torch.logsumexp(s, dim=1)
+                target = s.diagonal(start + offset)
+            else:
+                positive, log_w = rules
+                lse_c = torch.logsumexp(s + log_w, dim=1)
+                count[start:start + chunk] = positive.sum(1)
+                target = (s * positive).sum(1) / count[start:start + chunk]
+            total += (lse_c - target).sum()
+            lse[start:start + chunk] = lse_c
         ctx.save_for_backward(q, k, keys, scale, lse, count)
         ctx.extras = (rows, key_codes, offset, opts, chunk)
         return total / q.shape[0]
@@ -57,13 +67,19 @@ class ChunkedDirection(torch.autograd.Function):
         dscale = torch.zeros((), dtype=torch.float32, device=q.device)
         for start in range(0, q.shape[0], chunk):
             q_c = qf[start:start + chunk]
-            dot, s, positive, weight = _chunk_terms(q_c, keys, sf, start, offset, rows, key_codes, opts)
-            # log w = -inf makes excluded pairs exactly 0 even where exp(s - lse) alone would overflow
-            p = torch.exp(s + torch.log(weight) - lse[start:start + chunk, None])
-            ds = g * (p - positive / count[start:start + chunk, None])
+            dot = q_c @ keys.T
+            s = sf * dot
+            rules = _rules(start, s.shape[0], s.shape[1], offset, rows, key_codes, opts, q.device)
+            if rules is None:
+                ds = torch.exp(s - lse[start:start + chunk, None])
+                ds.diagonal(start + offset).sub_(1.0)
+            else:
+                positive, log_w = rules
+                ds = torch.exp(s + log_w - lse[start:start + chunk, None]) - positive / count[start:start + chunk, None]
+            ds *= g
             dq[start:start + chunk] = sf * (ds @ keys)
             dk += sf * (ds[:, :n_grad].T @ q_c)
-            dscale += (ds * dot).sum()
+            dscale += torch.dot(ds.flatten(), dot.flatten())
         return (dq.to(q.dtype), dk.to(k.dtype), None, dscale.reshape(scale.shape).to(scale.dtype),
                 None, None, None, None, None)
 
