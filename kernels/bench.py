@@ -1,16 +1,40 @@
 """`retina-bench` (also `python -m kernels.bench`): kernel microbenchmarks.
 
-Not implemented yet: `contrastive` lands with issue 3 and `attention` with issue 4. Until then
-this command says so and exits with status 2.
+    retina-bench contrastive [--quick] [--batch 1024 2048] [--dim 512] ...   # see `retina-bench contrastive -h`
+    retina-bench attention                                                   # planned in issue 4
+
+Each benchmark owns its flags (and its `-h`); this module only dispatches to it.
 """
 
+from __future__ import annotations
+
+import argparse
 import sys
 
-PLANNED = "contrastive (issue 3), attention (issue 4)"
+BENCHMARKS = {
+    "contrastive": "symmetric CLIP loss: triton / chunked / eager / open_clip, time and peak memory",
+    "attention": "fused attention kernels (not implemented yet, planned in issue 4)",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="retina-bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    for name, summary in BENCHMARKS.items():
+        # add_help=False: `-h` after the benchmark name reaches that benchmark's own parser
+        commands.add_parser(name, help=summary, add_help=False)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    print(f"retina-bench: not implemented yet; planned benchmarks: {PLANNED}", file=sys.stderr)
+    args, rest = build_parser().parse_known_args(argv)
+    if args.benchmark == "contrastive":
+        from kernels import bench_contrastive
+
+        return bench_contrastive.main(rest)
+    print("retina-bench: the attention benchmark is not implemented yet; it is planned in issue 4",
+          file=sys.stderr)
     return 2
 
 

@@ -1,0 +1,570 @@
+"""Contrastive-loss microbenchmark: `retina-bench contrastive` (also `python -m kernels.bench contrastive`).
+
+Sweeps the batch B (M = N = B, identity positives) and the embedding dimension D over the providers
+
+    triton     kernels' fused Triton kernels (CUDA only)
+    chunked    kernels' pure-torch path, O(B x chunk) memory
+    eager      kernels' dense reference, every B x B matrix materialised
+    open_clip  open_clip.loss.ClipLoss, the external baseline
+
+in three modes: forward, backward (alone, after an untimed forward) and full (forward + backward).
+Times are medians of --repeats runs after --warmup runs. Peak memory is that of one forward + backward
+beyond the inputs: the CUDA allocator's peak in-process, or on CPU the rise of VmHWM over VmRSS in a
+fresh process per (provider, B, D), because VmHWM only ever grows within a process (the probes fork
+from a multiprocessing forkserver that imported torch once).
+
+Writes benchmarks/results/contrastive-<device>.json and a .png plot beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import functools
+import gc
+import importlib.util
+import json
+import multiprocessing
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from multiprocessing.connection import Connection
+from multiprocessing.context import BaseContext
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+PROVIDERS = ("triton", "chunked", "eager", "open_clip")
+MODES = ("forward", "backward", "full")
+BASELINES = ("eager", "open_clip")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+LOGIT_SCALE = 100.0
+MIB = 2**20
+
+CPU_DEFAULTS = {"batch": [1024, 2048, 4096], "dim": [256, 512], "repeats": 3, "warmup": 1, "dtype": "fp32"}
+GPU_DEFAULTS = {"batch": [4096, 16384, 32768, 65536], "dim": [512, 768], "repeats": 10, "warmup": 3,
+                "dtype": "bf16"}
+QUICK = {"batch": [128, 256], "dim": [32], "repeats": 3, "warmup": 1}
+
+# The acceptance point: chunked must need at most a tenth of eager's memory at B = 16384, D = 512.
+CHECK_BATCH, CHECK_DIM, CHECK_MAX_RATIO = 16384, 512, 0.1
+PARALLEL_PROBE_MAX_BATCH = 8192
+
+FLOPS_FORMULA = {
+    "forward": "4*B*B*D", "backward": "12*B*B*D", "full": "16*B*B*D",
+    "note": "forward: the B x B similarities of both directions, 2 directions x 2 FLOPs per multiply-add x "
+            "B*B*D; backward: 3x forward (recompute the similarities, then dq and dk). Reported as tflops "
+            "for the triton provider only.",
+}
+FLOPS_PER_BBD = {"forward": 4, "backward": 12, "full": 16}
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Config:
+    device: torch.device
+    batch: list[int]
+    dim: list[int]
+    providers: list[str]
+    modes: list[str]
+    repeats: int
+    warmup: int
+    dtype: str
+    chunk_size: int
+    memory: bool
+    memory_check: bool
+    out: Path
+
+
+# ---------------------------------------------------------------- inputs and losses
+
+def make_inputs(batch: int, dim: int, dtype: str, device: torch.device,
+                seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """L2-normalised leaf embeddings and a logit scale, all with gradients, as a training step has them."""
+    torch.manual_seed(seed)
+
+    def embedding() -> torch.Tensor:
+        x = F.normalize(torch.randn(batch, dim, device=device), dim=1)
+        return x.to(DTYPES[dtype]).requires_grad_()
+
+    # The scale stays fp32, like CLIP's logit_scale parameter.
+    scale = torch.tensor(LOGIT_SCALE, device=device, requires_grad=True)
+    return embedding(), embedding(), scale
+
+
+def make_loss(provider: str, chunk_size: int) -> Callable[..., torch.Tensor]:
+    if provider == "open_clip":
+        from open_clip.loss import ClipLoss  # heavy import: only when asked for
+
+        return ClipLoss()
+    from kernels.contrastive import contrastive_loss
+
+    return functools.partial(contrastive_loss, backend=provider, chunk_size=chunk_size)
+
+
+def available_providers(requested: list[str], device: torch.device) -> tuple[list[str], dict[str, str]]:
+    """The requested providers this device can run, and why the others are skipped."""
+    skipped = {}
+    if "triton" in requested and device.type != "cuda":
+        skipped["triton"] = "needs CUDA"
+    elif "triton" in requested and importlib.util.find_spec("triton") is None:
+        skipped["triton"] = "triton is not installed"
+    elif "triton" in requested and importlib.util.find_spec("kernels.contrastive.triton_direction") is None:
+        skipped["triton"] = "kernels.contrastive.triton_direction is missing"
+    return [p for p in requested if p not in skipped], skipped
+
+
+def clear_grads(inputs: tuple[torch.Tensor, ...]) -> None:
+    for t in inputs:
+        t.grad = None
+
+
+# ---------------------------------------------------------------- timing
+
+def elapsed_ms(fn: Callable[[], object], device: torch.device) -> float:
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize(device)
+        start.record()
+        result = fn()
+        end.record()
+        torch.cuda.synchronize(device)
+        del result
+        return start.elapsed_time(end)
+    start_s = time.perf_counter()
+    result = fn()
+    stop_s = time.perf_counter()
+    del result  # freeing the autograd graph is not part of the forward
+    return (stop_s - start_s) * 1e3
+
+
+def run_mode(loss: Callable[..., torch.Tensor], inputs: tuple[torch.Tensor, ...], mode: str,
+             device: torch.device) -> float:
+    clear_grads(inputs)
+    if mode == "forward":
+        return elapsed_ms(lambda: loss(*inputs), device)
+    if mode == "backward":
+        out = loss(*inputs)  # untimed forward
+        return elapsed_ms(out.backward, device)
+    return elapsed_ms(lambda: loss(*inputs).backward(), device)
+
+
+def guarded(fn: Callable[[], object], device: torch.device) -> tuple[str, object]:
+    """("ok", result), or ("oom", None) with the failed attempt's memory given back."""
+    try:
+        return "ok", fn()
+    except torch.OutOfMemoryError:
+        pass  # leaving the except block drops the traceback and the tensors its frames hold
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return "oom", None
+
+
+def time_point(provider: str, loss: Callable[..., torch.Tensor], inputs: tuple[torch.Tensor, ...],
+               mode: str, cfg: Config) -> dict:
+    batch, dim = inputs[0].shape
+
+    def runs() -> list[float]:
+        for _ in range(cfg.warmup):
+            run_mode(loss, inputs, mode, cfg.device)
+        return [run_mode(loss, inputs, mode, cfg.device) for _ in range(cfg.repeats)]
+
+    status, times = guarded(runs, cfg.device)
+    clear_grads(inputs)
+    record = {"provider": provider, "batch": batch, "dim": dim, "mode": mode, "status": status}
+    if status == "ok":
+        record.update(runs_ms=times, median_ms=statistics.median(times), min_ms=min(times), max_ms=max(times))
+        if provider == "triton":
+            record["tflops"] = FLOPS_PER_BBD[mode] * batch * batch * dim / (record["median_ms"] * 1e-3) / 1e12
+    return record
+
+
+# ---------------------------------------------------------------- peak memory
+
+def cuda_peak_bytes(provider: str, batch: int, dim: int, cfg: Config) -> int:
+    loss = make_loss(provider, cfg.chunk_size)
+    inputs = make_inputs(batch, dim, cfg.dtype, cfg.device)
+    torch.cuda.synchronize(cfg.device)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(cfg.device)
+    base = torch.cuda.memory_allocated(cfg.device)
+    loss(*inputs).backward()
+    torch.cuda.synchronize(cfg.device)
+    return torch.cuda.max_memory_allocated(cfg.device) - base
+
+
+def status_kib(field: str) -> int:
+    match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"/proc/self/status has no {field}; the CPU memory probe needs Linux")
+    return int(match.group(1))
+
+
+def reset_high_water_mark() -> bool:
+    """Linux >= 4.0 resets VmHWM to the current RSS on "5" (drops the import-time peak)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def release_free_heap() -> None:
+    """Hand freed heap pages back to the OS, so the measured run cannot silently reuse resident ones."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def probe_here(provider: str, batch: int, dim: int, dtype: str, chunk_size: int) -> dict:
+    """The body of the CPU memory probe; meant to run in a fresh process (see `cpu_peak`)."""
+    cpu = torch.device("cpu")
+    loss = make_loss(provider, chunk_size)
+    # A small pass first pages in the library code and starts the thread pool, which are not the loss's memory.
+    loss(*make_inputs(min(batch, 64), dim, dtype, cpu)).backward()
+    inputs = make_inputs(batch, dim, dtype, cpu)
+    gc.collect()
+    release_free_heap()
+    hwm_reset = reset_high_water_mark()
+    before = status_kib("VmRSS")
+    loss(*inputs).backward()
+    peak = status_kib("VmHWM")
+    return {"peak_bytes": (peak - before) * 1024, "rss_before_bytes": before * 1024, "hwm_reset": hwm_reset}
+
+
+def _probe_child(conn: Connection, point: tuple[str, int, int], dtype: str, chunk_size: int) -> None:
+    conn.send(probe_here(*point, dtype, chunk_size))
+    conn.close()
+
+
+def probe_context(providers: list[str]) -> BaseContext:
+    """Probes fork from a server that imported torch (and open_clip) once, so a fresh process per probe costs
+    no imports. The server only imports, so it has no OpenMP thread pool for a fork to break."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["kernels.bench_contrastive"] + (["open_clip"] if "open_clip" in providers else []))
+    return ctx
+
+
+def cpu_peak(ctx: BaseContext, point: tuple[str, int, int], dtype: str, chunk_size: int) -> dict:
+    """Peak of one forward + backward in a fresh process: {"status": "ok", "peak_mib": ...} or a failure."""
+    receive, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_probe_child, args=(send, point, dtype, chunk_size), daemon=True)
+    proc.start()
+    send.close()  # our copy: recv() then sees EOF if the child dies
+    try:
+        probe = receive.recv()
+    except EOFError:
+        probe = None
+    proc.join()
+    record = dict(zip(("provider", "batch", "dim"), point))
+    if probe is None:
+        killed = proc.exitcode is not None and proc.exitcode < 0  # typically the kernel's OOM killer
+        return record | {"status": "oom" if killed else "failed", "detail": f"probe exited with {proc.exitcode}"}
+    return record | {"status": "ok", "peak_mib": probe["peak_bytes"] / MIB, "hwm_reset": probe["hwm_reset"]}
+
+
+def cpu_peaks(points: list[tuple[str, int, int]], dtype: str, chunk_size: int, jobs: int = 2) -> list[dict]:
+    """Probe several (provider, B, D) at once: RSS is per process, so parallel probes do not disturb each other."""
+    ctx = probe_context(sorted({p for p, _, _ in points}))
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        return list(pool.map(lambda point: cpu_peak(ctx, point, dtype, chunk_size), points))
+
+
+def measure_memory(points: list[tuple[str, int, int]], cfg: Config, jobs: int) -> list[dict]:
+    if cfg.device.type != "cuda":
+        return cpu_peaks(points, cfg.dtype, cfg.chunk_size, jobs)
+    records = []
+    for provider, batch, dim in points:
+        status, peak = guarded(lambda: cuda_peak_bytes(provider, batch, dim, cfg), cfg.device)
+        record = {"provider": provider, "batch": batch, "dim": dim, "status": status}
+        records.append(record | ({"peak_mib": peak / MIB} if status == "ok" else {}))
+    return records
+
+
+def memory_check(cfg: Config) -> dict:
+    # One at a time (jobs=1): eager alone needs several GiB here.
+    chunked, eager = measure_memory([("chunked", CHECK_BATCH, CHECK_DIM), ("eager", CHECK_BATCH, CHECK_DIM)],
+                                    cfg, jobs=1)
+    result = {"batch": CHECK_BATCH, "dim": CHECK_DIM, "chunk_size": cfg.chunk_size, "dtype": cfg.dtype,
+              "chunked_mib": chunked.get("peak_mib"), "eager_mib": eager.get("peak_mib"),
+              "chunked_status": chunked["status"], "eager_status": eager["status"],
+              "max_ratio": CHECK_MAX_RATIO, "ratio": None, "passed": None}
+    if chunked["status"] == "ok" and eager["status"] == "ok" and eager["peak_mib"] > 0:
+        result["ratio"] = chunked["peak_mib"] / eager["peak_mib"]
+        result["passed"] = result["ratio"] <= CHECK_MAX_RATIO
+    return result
+
+
+# ---------------------------------------------------------------- the sweep
+
+def sweep(cfg: Config) -> tuple[list[dict], list[dict]]:
+    losses = {p: make_loss(p, cfg.chunk_size) for p in cfg.providers}
+    timings = []
+    memory = []
+    for batch in cfg.batch:
+        for dim in cfg.dim:
+            inputs = make_inputs(batch, dim, cfg.dtype, cfg.device)
+            for provider in cfg.providers:
+                for mode in cfg.modes:
+                    record = time_point(provider, losses[provider], inputs, mode, cfg)
+                    timings.append(record)
+                    shown = f"{record['median_ms']:.2f} ms" if record["status"] == "ok" else record["status"]
+                    print(f"  {provider:>9} B={batch:<6} D={dim:<4} {mode:<8} {shown}", file=sys.stderr, flush=True)
+            del inputs
+    if cfg.memory:
+        print("  measuring peak memory ...", file=sys.stderr, flush=True)
+        points = [(p, b, d) for b in cfg.batch for d in cfg.dim for p in cfg.providers]
+        # Two probes at a time save wall time; above PARALLEL_PROBE_MAX_BATCH one eager probe alone needs GiBs.
+        small = [pt for pt in points if pt[1] <= PARALLEL_PROBE_MAX_BATCH]
+        large = [pt for pt in points if pt[1] > PARALLEL_PROBE_MAX_BATCH]
+        memory = measure_memory(small, cfg, jobs=min(2, os.cpu_count() or 1)) + measure_memory(large, cfg, jobs=1)
+    return timings, memory
+
+
+def add_ratios(records: list[dict], value: str, name: str, speedup: bool) -> None:
+    """Against each baseline at the same (B, D, mode): speedup = baseline / value, else value / baseline."""
+    key = lambda r: (r["provider"], r["batch"], r["dim"], r.get("mode"))  # noqa: E731
+    ok = {key(r): r[value] for r in records if r["status"] == "ok"}
+    for record in records:
+        for base in BASELINES:
+            base_value = ok.get((base, *key(record)[1:]))
+            if record["status"] != "ok" or base_value is None:
+                continue
+            num, den = (base_value, record[value]) if speedup else (record[value], base_value)
+            record[f"{name}_{base}"] = num / den if den > 0 else None
+
+
+# ---------------------------------------------------------------- reporting
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_info(device: torch.device) -> dict:
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return {"kind": "cuda", "name": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
+                "capability": f"{props.major}.{props.minor}", "cuda": torch.version.cuda}
+    return {"kind": "cpu", "name": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+
+
+def device_slug(device: torch.device) -> str:
+    if device.type != "cuda":
+        return "cpu"
+    return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def versions() -> dict:
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "triton": package_version("triton"), "open_clip": package_version("open_clip_torch")}
+
+
+def fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_table(timings: list[dict], memory: list[dict]) -> str:
+    mems = {(m["provider"], m["batch"], m["dim"]): m for m in memory}
+    header = (f"{'provider':>9} {'B':>6} {'D':>4} {'mode':<8} {'median ms':>10} {'min-max ms':>17} "
+              f"{'peak MiB':>9} {'x eager':>8} {'x oclip':>8} {'mem/eager':>9} {'mem/oclip':>9} {'TFLOP/s':>7}")
+    lines = [header, "-" * len(header)]
+    order = {p: i for i, p in enumerate(PROVIDERS)}
+    for r in sorted(timings, key=lambda r: (r["batch"], r["dim"], MODES.index(r["mode"]), order[r["provider"]])):
+        mem = mems.get((r["provider"], r["batch"], r["dim"]), {})
+        if r["status"] != "ok":
+            spread, median = "", r["status"]
+        else:
+            spread, median = f"{r['min_ms']:.2f}-{r['max_ms']:.2f}", f"{r['median_ms']:.2f}"
+        lines.append(f"{r['provider']:>9} {r['batch']:>6} {r['dim']:>4} {r['mode']:<8} {median:>10} {spread:>17} "
+                     f"{fmt(mem.get('peak_mib'), '.1f'):>9} "
+                     f"{fmt(r.get('speedup_vs_eager'), '.2f'):>8} {fmt(r.get('speedup_vs_open_clip'), '.2f'):>8} "
+                     f"{fmt(mem.get('memory_vs_eager'), '.3f'):>9} {fmt(mem.get('memory_vs_open_clip'), '.3f'):>9} "
+                     f"{fmt(r.get('tflops'), '.1f'):>7}")
+    lines.append("x eager / x oclip: speedup (baseline time / time); mem/...: peak memory / baseline peak; "
+                 "peak = one forward + backward beyond the inputs")
+    return "\n".join(lines)
+
+
+def series(records: list[dict], provider: str, dim: int, value: str,
+           mode: str | None = None) -> tuple[list[int], list[float]]:
+    """(B, value) of the successful records of one line; non-positive values cannot go on a log axis."""
+    points = sorted((r["batch"], r[value]) for r in records
+                    if (r["provider"], r["dim"], r.get("mode")) == (provider, dim, mode)
+                    and r["status"] == "ok" and r[value] > 0)
+    return [b for b, _ in points], [v for _, v in points]
+
+
+def plot(result: dict, path: Path) -> None:
+    """Full-step time and peak memory against B, one line per (provider, D), log-log."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullLocator
+
+    params = result["params"]
+    fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(12, 4.8))
+    colors = dict(zip(PROVIDERS, ("tab:red", "tab:blue", "tab:gray", "tab:green")))
+    styles = dict(zip(params["dim"], ("-", "--", ":", "-.") * 4))
+    for provider in params["providers"]:
+        for dim, style in styles.items():
+            line = {"color": colors[provider], "linestyle": style, "marker": "o", "label": f"{provider} D={dim}"}
+            ax_time.plot(*series(result["timings"], provider, dim, "median_ms", "full"), **line)
+            ax_mem.plot(*series(result["memory"], provider, dim, "peak_mib"), **line)
+    ax_time.set(title=f"forward + backward, {params['dtype']}, {result['device']['name']}",
+                ylabel="median time (ms)")
+    ax_mem.set(title="peak memory of forward + backward", ylabel="peak beyond the inputs (MiB)")
+    for ax, empty in ((ax_time, "no successful full-mode timing"),
+                      (ax_mem, "peak memory not measured" if not result["memory"] else "no successful measurement")):
+        ax.set_xlabel("batch B")
+        if not any(len(line.get_xdata()) for line in ax.lines):
+            ax.text(0.5, 0.5, empty, ha="center", transform=ax.transAxes)  # a log axis needs data
+            ax.set(xticks=[], yticks=[])
+            continue
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(params["batch"], [str(b) for b in params["batch"]])  # the swept sizes, not powers of ten
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- CLI
+
+def build_parser(prog: str = "retina-bench contrastive") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, nargs="+", metavar="B",
+                        help="batch sizes to sweep (M = N = B); default 1024 2048 4096 on CPU, "
+                             "4096 16384 32768 65536 on CUDA")
+    parser.add_argument("--dim", type=int, nargs="+", metavar="D",
+                        help="embedding dimensions to sweep; default 256 512 on CPU, 512 768 on CUDA")
+    parser.add_argument("--providers", nargs="+", choices=PROVIDERS, default=list(PROVIDERS),
+                        help="implementations to compare; triton is skipped without CUDA (default: all)")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
+                        help="forward; backward = the backward alone after an untimed forward; "
+                             "full = forward + backward (default: all)")
+    parser.add_argument("--repeats", type=int, help="timed runs per measurement, the median is reported "
+                                                    "(default 3 on CPU, 10 on CUDA)")
+    parser.add_argument("--warmup", type=int, help="untimed runs before the timed ones (default 1 on CPU, 3 on CUDA)")
+    parser.add_argument("--dtype", choices=DTYPES, help="embedding dtype (default fp32 on CPU, bf16 on CUDA); "
+                                                        "the logit scale stays fp32")
+    parser.add_argument("--chunk-size", type=int, default=1024,
+                        help="row chunk of the chunked provider, the size of its B x chunk working set (default 1024)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where to run; auto = cuda when available (default auto)")
+    parser.add_argument("--no-memory", dest="memory", action="store_false",
+                        help="skip the peak-memory measurement of the sweep (on CPU: one fresh process per "
+                             "provider, B and D)")
+    parser.add_argument("--memory-check", action=argparse.BooleanOptionalAction, default=None,
+                        help=f"measure only the peak memory of chunked and eager at B={CHECK_BATCH}, "
+                             f"D={CHECK_DIM} (one forward + backward each) and require chunked <= "
+                             f"{CHECK_MAX_RATIO:g} x eager; exits 1 if not. Default: on for a full CPU run, "
+                             f"off on CUDA and with --quick")
+    parser.add_argument("--out", type=Path,
+                        help="results JSON; the plot goes beside it as .png "
+                             "(default benchmarks/results/contrastive-<device>.json)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"tiny smoke-test sizes: B {QUICK['batch']}, D {QUICK['dim']}, no memory check "
+                             "(explicit --batch, --dim, --memory-check win)")
+    return parser
+
+
+def resolve_config(args: argparse.Namespace) -> tuple[Config, dict[str, str]]:
+    """Fill the device-dependent defaults; explicit flags always win."""
+    want_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    if want_cuda and not torch.cuda.is_available():
+        raise SystemExit("retina-bench contrastive: --device cuda but CUDA is not available")
+    device = torch.device("cuda" if want_cuda else "cpu")
+    defaults = (GPU_DEFAULTS if want_cuda else CPU_DEFAULTS) | (QUICK if args.quick else {})
+    pick = lambda name: defaults[name] if getattr(args, name) is None else getattr(args, name)  # noqa: E731
+    providers, skipped = available_providers(args.providers, device)
+    check = args.memory_check if args.memory_check is not None else not (want_cuda or args.quick)
+    out = args.out or default_out(device)
+    return Config(device=device, batch=pick("batch"), dim=pick("dim"), providers=providers, modes=args.modes,
+                  repeats=pick("repeats"), warmup=pick("warmup"), dtype=pick("dtype"), chunk_size=args.chunk_size,
+                  memory=args.memory, memory_check=check, out=out), skipped
+
+
+def default_out(device: torch.device) -> Path:
+    # Beside the repository's other results when run from a checkout, else under the working directory.
+    root = REPO if (REPO / "benchmarks").is_dir() else Path.cwd()
+    return root / "benchmarks" / "results" / f"contrastive-{device_slug(device)}.json"
+
+
+def memory_method(device: torch.device) -> str:
+    if device.type == "cuda":
+        return "torch.cuda.max_memory_allocated - memory_allocated after the inputs, one forward + backward"
+    return ("fresh process per (provider, B, D), forked from a forkserver that only imported the modules: "
+            "small warm-up pass, inputs allocated, free heap trimmed, VmHWM reset via /proc/self/clear_refs, "
+            "one forward + backward; peak = VmHWM - VmRSS before")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg, skipped = resolve_config(args)
+    for provider, why in skipped.items():
+        print(f"retina-bench contrastive: skipping {provider} ({why})", file=sys.stderr)
+    print(f"contrastive benchmark on {cfg.device.type}: B {cfg.batch}, D {cfg.dim}, {cfg.providers}, "
+          f"{cfg.modes}, {cfg.dtype}", file=sys.stderr)
+    timings, memory = sweep(cfg)
+    add_ratios(timings, "median_ms", "speedup_vs", speedup=True)
+    add_ratios(memory, "peak_mib", "memory_vs", speedup=False)
+    check = None
+    if cfg.memory_check:
+        print(f"  memory check: chunked vs eager at B={CHECK_BATCH}, D={CHECK_DIM} ...", file=sys.stderr, flush=True)
+        check = memory_check(cfg)
+
+    params = {"batch": cfg.batch, "dim": cfg.dim, "providers": cfg.providers, "skipped_providers": skipped,
+              "modes": cfg.modes, "repeats": cfg.repeats, "warmup": cfg.warmup, "dtype": cfg.dtype,
+              "chunk_size": cfg.chunk_size, "logit_scale": LOGIT_SCALE, "positives": "identity (M = N = B)",
+              "timer": "torch.cuda.Event" if cfg.device.type == "cuda" else "time.perf_counter",
+              "memory": cfg.memory, "memory_method": memory_method(cfg.device), "memory_check": cfg.memory_check}
+    result = {"benchmark": "contrastive", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "device": device_info(cfg.device), "versions": versions(), "params": params,
+              "flops": FLOPS_FORMULA, "timings": timings, "memory": memory, "memory_check": check,
+              "plot": cfg.out.with_suffix(".png").name}
+    cfg.out.parent.mkdir(parents=True, exist_ok=True)
+    cfg.out.write_text(json.dumps(result, indent=1) + "\n")
+    plot(result, cfg.out.with_suffix(".png"))
+
+    print(format_table(timings, memory))
+    if check is not None:
+        verdict = {True: "ok", False: "FAILED", None: "inconclusive"}[check["passed"]]
+        print(f"memory check B={CHECK_BATCH} D={CHECK_DIM}: chunked {fmt(check['chunked_mib'], '.1f')} MiB, "
+              f"eager {fmt(check['eager_mib'], '.1f')} MiB, ratio {fmt(check['ratio'], '.4f')} "
+              f"(required <= {CHECK_MAX_RATIO:g}): {verdict}")
+    print(f"results written to {cfg.out} and {cfg.out.with_suffix('.png').name}")
+    return 1 if check is not None and check["passed"] is False else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
