@@ -1,7 +1,7 @@
 """`retina-bench` (also `python -m kernels.bench`): kernel microbenchmarks.
 
     retina-bench contrastive [--quick] [--batch 1024 2048] [--dim 512] ...   # see `retina-bench contrastive -h`
-    retina-bench attention                                                   # planned in issue 4
+    retina-bench attention [--quick] [--shapes vit_b16_224] [--providers sdpa]  # see `retina-bench attention -h`
 
 Each benchmark owns its flags (and its `-h`); this module only dispatches to it.
 """
@@ -13,7 +13,7 @@ import sys
 
 BENCHMARKS = {
     "contrastive": "symmetric CLIP loss: triton / chunked / eager / open_clip, time and peak memory",
-    "attention": "fused attention kernels (not implemented yet, planned in issue 4)",
+    "attention": "multi-head attention: triton / sdpa / xformers / eager on ViT, text and decoder shapes",
 }
 
 
@@ -33,9 +33,9 @@ def main(argv: list[str] | None = None) -> int:
         from kernels import bench_contrastive
 
         return bench_contrastive.main(rest)
-    print("retina-bench: the attention benchmark is not implemented yet; it is planned in issue 4",
-          file=sys.stderr)
-    return 2
+    from kernels import bench_attention
+
+    return bench_attention.main(rest)
 
 
 if __name__ == "__main__":

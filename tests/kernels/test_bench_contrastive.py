@@ -1,4 +1,4 @@
-"""`retina-bench contrastive`: the quick run end to end, the CPU memory probe, and the planned `attention`."""
+"""`retina-bench contrastive`: the quick run end to end and the CPU memory probe."""
 
 from __future__ import annotations
 
@@ -75,9 +75,3 @@ def test_ratios_are_speedups_and_memory_fractions():
     add_ratios(memory, "peak_mib", "memory_vs", speedup=False)
     assert timings[0]["speedup_vs_eager"] == 2.0 and timings[0]["speedup_vs_open_clip"] == 0.5
     assert memory[0]["memory_vs_eager"] == 0.1 and memory[0]["memory_vs_open_clip"] == 0.2
-
-
-def test_attention_is_planned():
-    proc = subprocess.run([sys.executable, "-m", "kernels.bench", "attention"], capture_output=True, text=True)
-    assert proc.returncode == 2
-    assert "not implemented yet" in proc.stderr and "issue 4" in proc.stderr

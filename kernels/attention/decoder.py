@@ -1,0 +1,88 @@
+"""The caption decoder of KeepFIT V2's generative branch, with every attention through `kernels.attention`.
+
+    decoder = CaptionDecoder(vocab_size=30522, dim=512, depth=4, num_heads=8, max_len=77, image_dim=768)
+    logits = decoder(input_ids, image_tokens, text_padding_mask=attention_mask)   # (B, L, vocab)
+
+Each layer is pre-norm: causal self-attention over the caption (with key padding), cross-attention from
+the caption to the image encoder's patch/grid tokens (with an optional image padding mask, e.g. for
+variable-size grids), then an MLP. Padding masks follow `kernels.attention`: True (or 1, as a tokenizer's
+attention_mask) marks a real token.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from kernels.attention import attention
+
+
+def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    return x.unflatten(-1, (num_heads, -1)).transpose(1, 2)
+
+
+def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+    batch, heads, seq, head_dim = x.shape
+    return x.transpose(1, 2).reshape(batch, seq, heads * head_dim)
+
+
+class CaptionDecoderLayer(nn.Module):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, backend: str | None = None,
+                 image_dim: int | None = None) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads, self.backend = num_heads, backend
+        self.self_norm = nn.LayerNorm(dim)
+        self.self_qkv = nn.Linear(dim, 3 * dim)
+        self.self_proj = nn.Linear(dim, dim)
+        self.cross_norm = nn.LayerNorm(dim)
+        self.cross_q = nn.Linear(dim, dim)
+        self.cross_kv = nn.Linear(image_dim or dim, 2 * dim)  # image tokens may be wider than the text
+        self.cross_proj = nn.Linear(dim, dim)
+        self.mlp_norm = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, padding_mask: torch.Tensor | None,
+               causal: bool = False) -> torch.Tensor:
+        """(B, L, dim) projections in, (B, Lq, dim) out."""
+        q, k, v = (_split_heads(t, self.num_heads) for t in (q, k, v))
+        padding = None if padding_mask is None else padding_mask.bool()
+        return _merge_heads(attention(q, k, v, causal=causal, key_padding_mask=padding, backend=self.backend))
+
+    def forward(self, x: torch.Tensor, image_tokens: torch.Tensor, text_padding_mask: torch.Tensor | None = None,
+                image_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, L, dim), image_tokens (B, N, image_dim), masks (B, L) / (B, N) -> (B, L, dim)."""
+        q, k, v = self.self_qkv(self.self_norm(x)).chunk(3, dim=-1)
+        x = x + self.self_proj(self.attend(q, k, v, text_padding_mask, causal=True))
+        k, v = self.cross_kv(image_tokens).chunk(2, dim=-1)
+        x = x + self.cross_proj(self.attend(self.cross_q(self.cross_norm(x)), k, v, image_padding_mask))
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class CaptionDecoder(nn.Module):
+    def __init__(self, vocab_size: int, dim: int, depth: int, num_heads: int, max_len: int,
+                 backend: str | None = None, image_dim: int | None = None, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.max_len = max_len
+        self.token_embed = nn.Embedding(vocab_size, dim)
+        self.pos_embed = nn.Parameter(torch.zeros(max_len, dim))
+        nn.init.trunc_normal_(self.token_embed.weight, std=0.02)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        self.layers = nn.ModuleList(CaptionDecoderLayer(dim, num_heads, mlp_ratio, backend, image_dim)
+                                    for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.lm_head = nn.Linear(dim, vocab_size)
+
+    def forward(self, input_ids: torch.Tensor, image_tokens: torch.Tensor,
+                text_padding_mask: torch.Tensor | None = None,
+                image_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids (B, L) -> next-token logits (B, L, vocab_size): position i sees tokens 0..i and the image."""
+        seq = input_ids.shape[1]
+        if seq > self.max_len:
+            raise ValueError(f"caption of {seq} tokens is longer than max_len={self.max_len}")
+        x = self.token_embed(input_ids) + self.pos_embed[:seq]
+        for layer in self.layers:
+            x = layer(x, image_tokens, text_padding_mask, image_padding_mask)
+        return self.lm_head(self.norm(x))

@@ -1,0 +1,77 @@
+"""Attention backends: names, availability on a device, and the resolver `attention()` calls.
+
+An explicitly requested backend that cannot run raises RuntimeError with the reason; only
+`backend=None` chooses, and it picks "triton" on CUDA (when triton imports and Dh <= 256) else "sdpa".
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Callable
+
+import torch
+
+BACKENDS = ("triton", "xformers", "sdpa", "eager")
+TRITON_MAX_HEAD_DIM = 256
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@functools.cache
+def _import_error(module: str) -> str | None:
+    try:
+        __import__(module)
+    except Exception as exc:  # xformers can fail with more than ImportError (missing CUDA libraries, ABI)
+        return f"{module} is not importable ({type(exc).__name__}: {exc})"
+    return None
+
+
+def unavailable_reason(backend: str, device: torch.device | str) -> str | None:
+    """Why `backend` cannot run on `device`, or None when it can."""
+    device = torch.device(device)
+    if backend == "triton":
+        error = _import_error("triton")
+        if error is None and device.type != "cuda" and not _interpreting():
+            error = (f"the triton attention kernels need CUDA tensors, got {device.type} ones (for CPU testing set "
+                     "TRITON_INTERPRET=1 before kernels.attention.triton_flash is imported)")
+        return error
+    if backend == "xformers":
+        if device.type != "cuda":
+            return f"xformers memory_efficient_attention needs CUDA tensors, got {device.type} ones"
+        return _import_error("xformers.ops")
+    return None
+
+
+def available_backends(device: torch.device | str) -> list[str]:
+    return [name for name in BACKENDS if unavailable_reason(name, device) is None]
+
+
+def resolve_backend(backend: str | None, device: torch.device | str, head_dim: int | None = None) -> str:
+    device = torch.device(device)
+    if backend is None:
+        fits = head_dim is None or head_dim <= TRITON_MAX_HEAD_DIM
+        return "triton" if device.type == "cuda" and fits and unavailable_reason("triton", device) is None else "sdpa"
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; expected one of {BACKENDS}")
+    reason = unavailable_reason(backend, device)
+    if reason is not None:
+        raise RuntimeError(f"attention backend {backend!r} is unavailable: {reason}")
+    return backend
+
+
+def backend_function(backend: str) -> Callable[..., torch.Tensor]:
+    """fn(q, k, v, key_padding_mask, causal, scale); modules import lazily (triton, xformers are optional)."""
+    if backend == "triton":
+        from kernels.attention.triton_flash import triton_attention as fn
+    elif backend == "xformers":
+        from kernels.attention.xformers_backend import xformers_attention as fn
+    elif backend == "sdpa":
+        from kernels.attention.torch_backends import sdpa_attention as fn
+    elif backend == "eager":
+        from kernels.attention.torch_backends import eager_attention as fn
+    else:
+        raise ValueError(f"unknown attention backend {backend!r}; expected one of {BACKENDS}")
+    return fn

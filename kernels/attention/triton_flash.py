@@ -1,0 +1,475 @@
+"""FlashAttention-2 style Triton kernels (the `backend="triton"` of `kernels.attention.attention`).
+
+Per (batch, head), queries q_i and keys/values k_j, v_j (rows of Dh), with the allowed keys
+A_i = {j < Lk : key_padding_mask[j] and (j <= i if causal)}:
+
+    s_ij  = scale * <q_i, k_j>                         (j in A_i)
+    lse_i = log sum_{j in A_i} exp(s_ij)               (-inf when A_i is empty)
+    p_ij  = exp(s_ij - lse_i),   o_i = sum_j p_ij v_j  (o_i = 0 when A_i is empty)
+
+Backward, with delta_i = <do_i, o_i> (= sum_j p_ij <do_i, v_j>):
+
+    dv_j  = sum_i p_ij do_i
+    ds_ij = p_ij (<do_i, v_j> - delta_i)
+    dq_i  = scale * sum_j ds_ij k_j         dk_j = scale * sum_i ds_ij q_i
+
+Nothing Lq x Lk is stored. The forward sweeps key blocks with an online softmax (running max m_i and
+sum l_i, in base 2 since exp2 is the native instruction) and saves lse_i. The backward recomputes p
+from q, k and lse_i twice: once per key block (dk, dv; loop over query blocks) and once per query
+block (dq; loop over key blocks), so there are no atomics. Causal programs skip the key blocks above
+the diagonal (dk/dv programs: the query blocks before it) and mask inside the blocks they visit.
+
+An empty row (every key masked) keeps m_i = -inf: its exponentials are shifted by 0 instead, so no
+(-inf) - (-inf) = NaN appears; l_i stays 0, o_i is stored as 0 and lse_i as -inf. The backward reads
+that lse as +inf, so every p_ij of the row, hence every gradient it contributes, is 0.
+
+Dh of 16, 32, 64, 128 are native tiles; any other Dh <= 256 runs in a tile padded to the next power
+of two >= 16 (the extra columns load as zeros and are never stored, so nothing is copied). Dots
+accumulate in fp32 for every input dtype (fp32, bf16, fp16); p and ds are rounded to the input dtype
+before their dots, as FlashAttention does. Outputs are written in the input dtype, lse in fp32.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+from torch.autograd.function import once_differentiable
+
+from kernels.attention.registry import TRITON_MAX_HEAD_DIM
+
+# fp32 inputs use exact fp32 products; "tf32" is the faster candidate to benchmark on a GPU.
+FP32_INPUT_PRECISION = "ieee"
+LOG2E = 1.4426950408889634
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+
+@triton.jit
+def _mm(a, b, FP32_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    # The interpreter (triton 3.8) returns garbage for 16-bit tl.dot; there the operands (already
+    # rounded to the input dtype) are upcast, which gives the fp32-accumulated product a GPU gives.
+    if UPCAST:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    if a.dtype == tl.float32:
+        out = tl.dot(a, b, input_precision=FP32_PRECISION)
+    else:  # 16-bit operands: native MMA, fp32 accumulator
+        out = tl.dot(a, b)
+    return out
+
+
+@triton.jit
+def _key_valid(offs_n, seq_k, pad_ptr, stride_pn, HAS_PAD: tl.constexpr):
+    """(BLOCK_N,) bool: in range and, with a padding mask, a real token."""
+    valid = offs_n < seq_k
+    if HAS_PAD:
+        valid = valid & (tl.load(pad_ptr + offs_n * stride_pn, mask=valid, other=0) != 0)
+    return valid
+
+
+@triton.jit
+def _backward_lse2(lse_ptr, offs_m, mask_m):
+    # base-2 lse for the backward; -inf (empty rows) and rows past Lq become +inf, so their p is 0
+    lse = tl.load(lse_ptr + offs_m, mask=mask_m, other=float("-inf"))
+    return tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+
+
+# ----------------------------------------------------------------------------------------- kernels
+
+
+@triton.jit
+def _attn_fwd_kernel(
+    q_ptr, k_ptr, v_ptr, pad_ptr, out_ptr, lse_ptr,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_ob, stride_oh, stride_om, stride_od,
+    stride_pb, stride_pn,
+    num_heads, seq_q, seq_k, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr, FP32_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):
+    start_m = tl.program_id(0) * BLOCK_M
+    bh = tl.program_id(1)
+    b = (bh // num_heads).to(tl.int64)
+    h = (bh % num_heads).to(tl.int64)
+    q_ptr += b * stride_qb + h * stride_qh
+    k_ptr += b * stride_kb + h * stride_kh
+    v_ptr += b * stride_vb + h * stride_vh
+    out_ptr += b * stride_ob + h * stride_oh
+    pad_ptr += b * stride_pb
+    lse_ptr += bh.to(tl.int64) * seq_q
+
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_m = offs_m < seq_q
+    mask_d = offs_d < HEAD_DIM
+    q = tl.load(q_ptr + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+
+    m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)  # running max of qk_scale * <q, k> (base 2)
+    l_i = tl.zeros((BLOCK_M,), tl.float32)  # running sum of exp2(s - m_i)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+    hi = seq_k
+    if CAUSAL:  # keys past this block's last query are masked for all its rows: skip their blocks
+        hi = tl.minimum(seq_k, start_m + BLOCK_M)
+    for start_n in range(0, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        tile = (offs_n < seq_k)[:, None] & mask_d[None, :]
+        k = tl.load(k_ptr + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=tile, other=0.0)
+        v = tl.load(v_ptr + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=tile, other=0.0)
+        allowed = _key_valid(offs_n, seq_k, pad_ptr, stride_pn, HAS_PAD)[None, :]
+        if CAUSAL:
+            allowed = allowed & (offs_n[None, :] <= offs_m[:, None])
+        s = tl.where(allowed, _mm(q, tl.trans(k), FP32_PRECISION, UPCAST) * qk_scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)  # empty so far: shift by 0, not -inf
+        p = tl.exp2(s - m_shift[:, None])
+        alpha = tl.exp2(m_i - m_shift)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + _mm(p.to(v.dtype), v, FP32_PRECISION, UPCAST)
+        m_i = m_new
+
+    empty = l_i == 0.0  # a non-empty row has l_i >= 1 (its max contributes exp2(0))
+    out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    lse = tl.where(empty, float("-inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
+    tl.store(out_ptr + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
+             out.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
+    tl.store(lse_ptr + offs_m, lse, mask=mask_m)
+
+
+@triton.jit
+def _attn_bwd_preprocess_kernel(
+    out_ptr, do_ptr, delta_ptr,
+    stride_ob, stride_oh, stride_om, stride_od,
+    stride_gb, stride_gh, stride_gm, stride_gd,
+    num_heads, seq_q,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    # delta_i = <do_i, o_i>, fp32 (B * H, Lq)
+    bh = tl.program_id(1)
+    b = (bh // num_heads).to(tl.int64)
+    h = (bh % num_heads).to(tl.int64)
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_m = offs_m < seq_q
+    tile = mask_m[:, None] & (offs_d < HEAD_DIM)[None, :]
+    o = tl.load(out_ptr + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
+                mask=tile, other=0.0)
+    do = tl.load(do_ptr + b * stride_gb + h * stride_gh + offs_m[:, None] * stride_gm + offs_d[None, :] * stride_gd,
+                 mask=tile, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(delta_ptr + bh.to(tl.int64) * seq_q + offs_m, delta, mask=mask_m)
+
+
+@triton.jit
+def _attn_bwd_dkdv_kernel(
+    q_ptr, k_ptr, v_ptr, pad_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_gb, stride_gh, stride_gm, stride_gd,
+    stride_dkb, stride_dkh, stride_dkn, stride_dkd,
+    stride_dvb, stride_dvh, stride_dvn, stride_dvd,
+    stride_pb, stride_pn,
+    num_heads, seq_q, seq_k, scale, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr, FP32_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):
+    # one program per key block; tiles are held transposed, (keys, queries), so dk and dv
+    # accumulate from plain dots without transposing p
+    start_n = tl.program_id(0) * BLOCK_N
+    bh = tl.program_id(1)
+    b = (bh // num_heads).to(tl.int64)
+    h = (bh % num_heads).to(tl.int64)
+    q_ptr += b * stride_qb + h * stride_qh
+    k_ptr += b * stride_kb + h * stride_kh
+    v_ptr += b * stride_vb + h * stride_vh
+    do_ptr += b * stride_gb + h * stride_gh
+    dk_ptr += b * stride_dkb + h * stride_dkh
+    dv_ptr += b * stride_dvb + h * stride_dvh
+    pad_ptr += b * stride_pb
+    lse_ptr += bh.to(tl.int64) * seq_q
+    delta_ptr += bh.to(tl.int64) * seq_q
+
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_d = offs_d < HEAD_DIM
+    tile_n = (offs_n < seq_k)[:, None] & mask_d[None, :]
+    k = tl.load(k_ptr + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=tile_n, other=0.0)
+    v = tl.load(v_ptr + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=tile_n, other=0.0)
+    valid = _key_valid(offs_n, seq_k, pad_ptr, stride_pn, HAS_PAD)
+
+    dk = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+    dv = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+    lo = 0
+    if CAUSAL:  # queries before this key block never see it: start at the block holding query start_n
+        lo = (start_n // BLOCK_M) * BLOCK_M
+    for start_m in range(lo, seq_q, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        mask_m = offs_m < seq_q
+        q_t = tl.load(q_ptr + offs_d[:, None] * stride_qd + offs_m[None, :] * stride_qm,
+                      mask=mask_d[:, None] & mask_m[None, :], other=0.0)  # (BLOCK_D, BLOCK_M)
+        do = tl.load(do_ptr + offs_m[:, None] * stride_gm + offs_d[None, :] * stride_gd,
+                     mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+        lse2 = _backward_lse2(lse_ptr, offs_m, mask_m)
+        delta = tl.load(delta_ptr + offs_m, mask=mask_m, other=0.0)
+        allowed = valid[:, None]
+        if CAUSAL:
+            allowed = allowed & (offs_n[:, None] <= offs_m[None, :])
+        s_t = _mm(k, q_t, FP32_PRECISION, UPCAST) * qk_scale
+        p_t = tl.where(allowed, tl.exp2(s_t - lse2[None, :]), 0.0)
+        dv += _mm(p_t.to(do.dtype), do, FP32_PRECISION, UPCAST)
+        dp_t = _mm(v, tl.trans(do), FP32_PRECISION, UPCAST)
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk += _mm(ds_t.to(q_t.dtype), tl.trans(q_t), FP32_PRECISION, UPCAST)
+
+    tl.store(dk_ptr + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
+             (dk * scale).to(dk_ptr.dtype.element_ty), mask=tile_n)
+    tl.store(dv_ptr + offs_n[:, None] * stride_dvn + offs_d[None, :] * stride_dvd,
+             dv.to(dv_ptr.dtype.element_ty), mask=tile_n)
+
+
+@triton.jit
+def _attn_bwd_dq_kernel(
+    q_ptr, k_ptr, v_ptr, pad_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_gb, stride_gh, stride_gm, stride_gd,
+    stride_dqb, stride_dqh, stride_dqm, stride_dqd,
+    stride_pb, stride_pn,
+    num_heads, seq_q, seq_k, scale, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr, FP32_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):
+    # one program per query block; k and v are loaded transposed, (BLOCK_D, BLOCK_N)
+    start_m = tl.program_id(0) * BLOCK_M
+    bh = tl.program_id(1)
+    b = (bh // num_heads).to(tl.int64)
+    h = (bh % num_heads).to(tl.int64)
+    q_ptr += b * stride_qb + h * stride_qh
+    k_ptr += b * stride_kb + h * stride_kh
+    v_ptr += b * stride_vb + h * stride_vh
+    do_ptr += b * stride_gb + h * stride_gh
+    dq_ptr += b * stride_dqb + h * stride_dqh
+    pad_ptr += b * stride_pb
+    lse_ptr += bh.to(tl.int64) * seq_q
+    delta_ptr += bh.to(tl.int64) * seq_q
+
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_m = offs_m < seq_q
+    mask_d = offs_d < HEAD_DIM
+    tile_m = mask_m[:, None] & mask_d[None, :]
+    q = tl.load(q_ptr + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd, mask=tile_m, other=0.0)
+    do = tl.load(do_ptr + offs_m[:, None] * stride_gm + offs_d[None, :] * stride_gd, mask=tile_m, other=0.0)
+    lse2 = _backward_lse2(lse_ptr, offs_m, mask_m)
+    delta = tl.load(delta_ptr + offs_m, mask=mask_m, other=0.0)
+
+    dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+    hi = seq_k
+    if CAUSAL:
+        hi = tl.minimum(seq_k, start_m + BLOCK_M)
+    for start_n in range(0, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        tile_t = mask_d[:, None] & (offs_n < seq_k)[None, :]
+        k_t = tl.load(k_ptr + offs_d[:, None] * stride_kd + offs_n[None, :] * stride_kn, mask=tile_t, other=0.0)
+        v_t = tl.load(v_ptr + offs_d[:, None] * stride_vd + offs_n[None, :] * stride_vn, mask=tile_t, other=0.0)
+        allowed = _key_valid(offs_n, seq_k, pad_ptr, stride_pn, HAS_PAD)[None, :]
+        if CAUSAL:
+            allowed = allowed & (offs_n[None, :] <= offs_m[:, None])
+        s = _mm(q, k_t, FP32_PRECISION, UPCAST) * qk_scale
+        p = tl.where(allowed, tl.exp2(s - lse2[:, None]), 0.0)
+        dp = _mm(do, v_t, FP32_PRECISION, UPCAST)
+        ds = p * (dp - delta[:, None])
+        dq += _mm(ds.to(k_t.dtype), tl.trans(k_t), FP32_PRECISION, UPCAST)
+
+    tl.store(dq_ptr + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
+             (dq * scale).to(dq_ptr.dtype.element_ty), mask=tile_m)
+
+
+# --------------------------------------------------------------------------------------- autotuning
+
+
+def _configs(outer: str, inner: str) -> list[triton.Config]:
+    """The program's own block (`outer`: 64, 128) x the looped block (`inner`: 32, 64) x warps x stages."""
+    return [triton.Config({outer: o, inner: i}, num_warps=w, num_stages=s)
+            for o in (64, 128) for i in (32, 64) for w in (4, 8) for s in (2, 3)]
+
+
+# Tuned per problem shape and mask kind (the tensor dtypes are part of triton's key already). Every
+# kernel only stores its outputs, so the autotuner's repeated runs need no reset. Configs that do not
+# fit (e.g. 128 x 64 fp32 tiles at Dh = 128) fail to compile and are skipped by the autotuner.
+_TUNE_KEY = ["seq_q", "seq_k", "HEAD_DIM", "CAUSAL", "HAS_PAD"]
+if _interpreting():  # autotuning would run every config in the interpreter: fixed 16 x 16 tiles instead
+    _fwd_tuned = _dkdv_tuned = _dq_tuned = None
+else:
+    _fwd_tuned = triton.autotune(_configs("BLOCK_M", "BLOCK_N"), key=_TUNE_KEY)(_attn_fwd_kernel)
+    _dkdv_tuned = triton.autotune(_configs("BLOCK_N", "BLOCK_M"), key=_TUNE_KEY)(_attn_bwd_dkdv_kernel)
+    _dq_tuned = triton.autotune(_configs("BLOCK_M", "BLOCK_N"), key=_TUNE_KEY)(_attn_bwd_dq_kernel)
+_PREPROCESS_BLOCK_M = 16 if _interpreting() else 64
+
+
+def _kernel(plain, tuned, block_m: int | None, block_n: int | None):
+    """(kernel, launch options): the smallest tl.dot tiles (16) in the interpreter; on a GPU the
+    autotuned kernel unless the caller forces block sizes (tests, benchmarks)."""
+    if tuned is None:
+        return plain, dict(BLOCK_M=block_m or 16, BLOCK_N=block_n or 16)
+    if block_m is not None or block_n is not None:
+        return plain, dict(BLOCK_M=block_m or 64, BLOCK_N=block_n or 32, num_warps=4, num_stages=2)
+    return tuned, {}
+
+
+# ---------------------------------------------------------------------------------------- launchers
+
+
+def _head_dim_args(head_dim: int) -> dict:
+    if head_dim > TRITON_MAX_HEAD_DIM:
+        raise ValueError(f"the triton attention kernels take Dh <= {TRITON_MAX_HEAD_DIM}, got {head_dim}")
+    return dict(HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)))
+
+
+def _precision_args(dtype: torch.dtype) -> dict:
+    return dict(FP32_PRECISION=FP32_INPUT_PRECISION, UPCAST=_interpreting() and dtype != torch.float32)
+
+
+def _pad_args(key_padding_mask: torch.Tensor | None, anchor: torch.Tensor) -> tuple[torch.Tensor, int, int, dict]:
+    """(pointer, stride_b, stride_n, flags); a bool mask is read through an int8 view (no copy)."""
+    if key_padding_mask is None:
+        return anchor, 0, 0, dict(HAS_PAD=False)  # never read
+    mask = key_padding_mask.view(torch.int8) if key_padding_mask.dtype == torch.bool else key_padding_mask
+    return mask, mask.stride(0), mask.stride(1), dict(HAS_PAD=True)
+
+
+def _default_scale(scale: float | None, head_dim: int) -> float:
+    return 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+
+
+def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
+                      causal: bool = False, scale: float | None = None, *, out: torch.Tensor | None = None,
+                      lse: torch.Tensor | None = None, block_m: int | None = None, block_n: int | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out (B, H, Lq, Dh) in q's dtype, lse (B, H, Lq) fp32, natural log, -inf on empty rows).
+
+    q, k, v share a dtype (fp32, bf16, fp16) and any strides; the optional outputs are written in place.
+    """
+    batch, heads, seq_q, head_dim = q.shape
+    seq_k = k.shape[2]
+    dims = _head_dim_args(head_dim)
+    scale = _default_scale(scale, head_dim)
+    out = torch.empty_like(q) if out is None else out
+    lse = torch.empty(batch, heads, seq_q, dtype=torch.float32, device=q.device) if lse is None else lse
+    if out.numel() == 0:
+        return out, lse
+    assert lse.is_contiguous() and lse.shape == (batch, heads, seq_q), "lse must be a contiguous (B, H, Lq) buffer"
+    pad, stride_pb, stride_pn, flags = _pad_args(key_padding_mask, q)
+    kernel, opts = _kernel(_attn_fwd_kernel, _fwd_tuned, block_m, block_n)
+    grid = lambda meta: (triton.cdiv(seq_q, meta["BLOCK_M"]), batch * heads)  # noqa: E731
+    kernel[grid](
+        q, k, v, pad, out, lse,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(), stride_pb, stride_pn,
+        heads, seq_q, seq_k, scale * LOG2E,
+        **dims, CAUSAL=bool(causal), **flags, **_precision_args(q.dtype), **opts)
+    return out, lse
+
+
+def attention_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                       lse: torch.Tensor, key_padding_mask: torch.Tensor | None = None, causal: bool = False,
+                       scale: float | None = None, *, dq: torch.Tensor | None = None, dk: torch.Tensor | None = None,
+                       dv: torch.Tensor | None = None, delta: torch.Tensor | None = None,
+                       block_m: int | None = None, block_n: int | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv) in the inputs' dtype from the upstream grad `do` and the forward's `out`, `lse`.
+
+    `delta` is the fp32 (B, H, Lq) scratch buffer of <do_i, o_i>; the optional outputs are written in place.
+    """
+    batch, heads, seq_q, head_dim = q.shape
+    seq_k = k.shape[2]
+    dims = _head_dim_args(head_dim)
+    scale = _default_scale(scale, head_dim)
+    dq = torch.empty_like(q) if dq is None else dq
+    dk = torch.empty_like(k) if dk is None else dk
+    dv = torch.empty_like(v) if dv is None else dv
+    delta = torch.empty(batch, heads, seq_q, dtype=torch.float32, device=q.device) if delta is None else delta
+    if dq.numel() == 0 or dk.numel() == 0:  # no queries or no keys: nothing is attended
+        for grad in (dq, dk, dv):
+            grad.zero_()
+        return dq, dk, dv
+    pad, stride_pb, stride_pn, flags = _pad_args(key_padding_mask, q)
+    prec = _precision_args(q.dtype)
+    common = (heads, seq_q, seq_k, scale, scale * LOG2E)
+
+    _attn_bwd_preprocess_kernel[(triton.cdiv(seq_q, _PREPROCESS_BLOCK_M), batch * heads)](
+        out, do, delta, *out.stride(), *do.stride(), heads, seq_q, **dims, BLOCK_M=_PREPROCESS_BLOCK_M)
+
+    kernel, opts = _kernel(_attn_bwd_dkdv_kernel, _dkdv_tuned, block_m, block_n)
+    grid = lambda meta: (triton.cdiv(seq_k, meta["BLOCK_N"]), batch * heads)  # noqa: E731
+    kernel[grid](
+        q, k, v, pad, do, lse, delta, dk, dv,
+        *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(), stride_pb, stride_pn,
+        *common, **dims, CAUSAL=bool(causal), **flags, **prec, **opts)
+
+    kernel, opts = _kernel(_attn_bwd_dq_kernel, _dq_tuned, block_m, block_n)
+    grid = lambda meta: (triton.cdiv(seq_q, meta["BLOCK_M"]), batch * heads)  # noqa: E731
+    kernel[grid](
+        q, k, v, pad, do, lse, delta, dq,
+        *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(), stride_pb, stride_pn,
+        *common, **dims, CAUSAL=bool(causal), **flags, **prec, **opts)
+    return dq, dk, dv
+
+
+# ------------------------------------------------------------------------------------------ autograd
+
+
+def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    dtypes = {t.dtype for t in tensors}
+    if len(dtypes) == 1 and dtypes <= {torch.float32, torch.bfloat16, torch.float16}:
+        return dtypes.pop()
+    return torch.float32  # mixed or fp64 inputs: compute in fp32, return in each input's dtype
+
+
+def _prepare(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    t = t.to(dtype)
+    return t if t.stride(-1) == 1 else t.contiguous()  # unit stride along Dh for vectorised tile loads
+
+
+class TritonAttention(torch.autograd.Function):
+    """softmax(scale * QK^T + masks) V with the masks of the module doc; no gradient for the mask."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, key_padding_mask, causal, scale):
+        dtype = _compute_dtype(q, k, v)
+        qc, kc, vc = (_prepare(t, dtype) for t in (q, k, v))
+        out, lse = attention_forward(qc, kc, vc, key_padding_mask, causal, scale)
+        ctx.save_for_backward(qc, kc, vc, out, lse, key_padding_mask)
+        ctx.extras = (causal, scale, q.dtype, k.dtype, v.dtype)
+        return out.to(q.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, do):
+        qc, kc, vc, out, lse, key_padding_mask = ctx.saved_tensors
+        causal, scale, q_dtype, k_dtype, v_dtype = ctx.extras
+        dq, dk, dv = attention_backward(_prepare(do, qc.dtype), qc, kc, vc, out, lse, key_padding_mask, causal, scale)
+        return dq.to(q_dtype), dk.to(k_dtype), dv.to(v_dtype), None, None, None
+
+
+def triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None,
+                     causal: bool, scale: float) -> torch.Tensor:
+    if q.device.type != "cuda" and not _interpreting():
+        raise RuntimeError("the triton attention kernels need CUDA tensors, or TRITON_INTERPRET=1 set before "
+                           "this module is imported (CPU testing)")
+    return TritonAttention.apply(q, k, v, key_padding_mask, bool(causal), float(scale))
+
+
+__all__ = ["TritonAttention", "triton_attention", "attention_forward", "attention_backward"]
