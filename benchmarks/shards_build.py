@@ -32,6 +32,7 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from kernels.bench_common import cpu_name
 from shards.build import BuildConfig, build
 from shards.images import fit_square
 from shards.readers.fields import parse_list
@@ -97,16 +98,6 @@ def timed(fn) -> tuple[float, int]:
     start = time.perf_counter()
     count = fn()
     return time.perf_counter() - start, count
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

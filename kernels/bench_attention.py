@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from kernels.bench_contrastive import device_info, device_slug, elapsed_ms, fmt, guarded, package_version
+from kernels.bench_common import device_info, device_slug, elapsed_ms, fmt, guarded, package_version
 
 PROVIDERS = ("triton", "sdpa", "xformers", "eager")
 MODES = ("forward", "backward", "full")

@@ -32,13 +32,14 @@ before their dots, as FlashAttention does. Outputs are written in the input dtyp
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
+from kernels.triton_common import interpreting as _interpreting
+from kernels.triton_common import mm as _mm
 from kernels.attention.registry import TRITON_MAX_HEAD_DIM
 
 # fp32 inputs use exact fp32 products; "tf32" is the faster candidate to benchmark on a GPU.
@@ -46,25 +47,7 @@ FP32_INPUT_PRECISION = "ieee"
 LOG2E = 1.4426950408889634
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
 # ----------------------------------------------------------------------------------------- helpers
-
-
-@triton.jit
-def _mm(a, b, FP32_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    # The interpreter (triton 3.8) returns garbage for 16-bit tl.dot; there the operands (already
-    # rounded to the input dtype) are upcast, which gives the fp32-accumulated product a GPU gives.
-    if UPCAST:
-        a = a.to(tl.float32)
-        b = b.to(tl.float32)
-    if a.dtype == tl.float32:
-        out = tl.dot(a, b, input_precision=FP32_PRECISION)
-    else:  # 16-bit operands: native MMA, fp32 accumulator
-        out = tl.dot(a, b)
-    return out
 
 
 @triton.jit

@@ -27,12 +27,13 @@ Block sizes are fixed per D range and dtype (`_GPU_CONFIGS`); timing/autotuning 
 
 from __future__ import annotations
 
-import os
 
 import torch
 import triton
 import triton.language as tl
 
+from kernels.triton_common import interpreting as _interpreting
+from kernels.triton_common import mm as _mm
 from kernels.contrastive.spec import LabelCodes, LossOptions
 
 _LABEL_KIND = {None: 0, "class": 1, "bits": 2}
@@ -40,10 +41,6 @@ _WEIGHTING = {None: 0, "jaccard": 1, "cosine": 2}
 # fp32 inputs use exact fp32 products: tf32 would put ~1e-3 relative error on logits that the scale
 # (up to 100) magnifies. "tf32x3" is the faster candidate to benchmark on a GPU.
 FP32_INPUT_PRECISION = "ieee"
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -58,20 +55,6 @@ def _popcount32(x):
     x = x + (x >> 8)
     x = x + (x >> 16)
     return x & 0x3F
-
-
-@triton.jit
-def _mm(a, b, FP32_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    # The interpreter (triton 3.8) returns garbage for 16-bit tl.dot; there the operands (already
-    # rounded to the input dtype) are upcast, which gives the fp32-accumulated product a GPU gives.
-    if UPCAST:
-        a = a.to(tl.float32)
-        b = b.to(tl.float32)
-    if a.dtype == tl.float32:
-        out = tl.dot(a, b, input_precision=FP32_PRECISION)
-    else:  # 16-bit operands: native MMA, fp32 accumulator
-        out = tl.dot(a, b)
-    return out
 
 
 @triton.jit
