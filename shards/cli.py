@@ -106,14 +106,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.dir}: {'FAILED, ' + str(len(problems)) + ' problem(s)' if problems else 'OK'}")
         return 1 if problems else 0
     elif args.command == "inspect":
-        from shards.inspect import describe, iter_samples
+        from shards.summary import describe, iter_samples
 
         for number, (shard, sample) in enumerate(iter_samples(args.dir, args.split)):
             if number >= args.num:
                 break
             print(describe(shard, sample))
     elif args.command == "stats":
-        from shards.inspect import compute_stats, format_stats, plot_stats
+        from shards.summary import compute_stats, format_stats, plot_stats
 
         stats = compute_stats(args.dir)
         print(json.dumps(stats, indent=1) if args.json else format_stats(stats))

@@ -1,4 +1,7 @@
-"""`retina-shards inspect` and `retina-shards stats`: look inside a shard set."""
+"""`retina-shards inspect` and `retina-shards stats`: look inside a shard set.
+
+(Named `summary`, not `inspect`, to stay clear of the standard library module.)
+"""
 
 from __future__ import annotations
 
