@@ -13,6 +13,7 @@ import webdataset as wds
 from PIL import Image
 
 from shards.build import BuildConfig, build
+from shards.index import shard_urls
 from shards.tarshard import file_sha256
 from shards.verify import verify
 from tests.shards.helpers import fundus_like, jpeg_bytes, png16, save, write_caption_csv, write_flair_csv
@@ -133,6 +134,9 @@ def test_split_rule_and_order(messy_tree):
     assert set(index["splits"]) == {"train", "val"}
     assert sum(s["samples"] for s in index["splits"].values()) == 6
     assert all(s["name"].startswith(s["split"] + "-") for s in index["shards"])
+    val_urls = shard_urls(out, "val")
+    assert val_urls and all(Path(u).name.startswith("val-") for u in val_urls)
+    assert sorted(shard_urls(out)) == sorted(str(p) for p in out.glob("*.tar"))
 
 
 def test_rebuild_skips_verified_shards_and_replaces_changed_ones(messy_tree, caplog):
