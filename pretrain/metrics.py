@@ -1,0 +1,217 @@
+"""Evaluation metrics reported by the fundus foundation-model papers.
+
+FLAIR and KeepFIT report ACA (balanced accuracy), macro F1 and AUC for classification transfer, and
+quadratic-weighted Cohen's kappa for diabetic-retinopathy grading; retrieval is reported as Recall@K.
+Everything is computed in float64 numpy so results do not depend on the caller's dtype or device.
+Inputs may be torch tensors or numpy arrays; every scalar comes back as a Python float.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+ArrayLike = Any  # torch.Tensor | np.ndarray | Sequence
+
+
+def _to_numpy(x: ArrayLike) -> np.ndarray:
+    """A numpy copy of a tensor (any device, detached) or array-like."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _labels(y: ArrayLike, name: str, num_classes: int | None = None) -> np.ndarray:
+    """1-D int64 labels, non-empty and (when num_classes is given) inside [0, num_classes)."""
+    arr = _to_numpy(y)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty")
+    if not np.issubdtype(arr.dtype, np.integer):
+        if not np.all(arr == np.round(arr)):
+            raise ValueError(f"{name} must hold integer class labels")
+    arr = arr.astype(np.int64)
+    if num_classes is not None and (arr.min() < 0 or arr.max() >= num_classes):
+        raise ValueError(f"{name} has labels outside [0, {num_classes})")
+    return arr
+
+
+def _pair(y_true: ArrayLike, y_pred: ArrayLike, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Validated (y_true, y_pred) label vectors of equal length."""
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    t = _labels(y_true, "y_true", num_classes)
+    p = _labels(y_pred, "y_pred", num_classes)
+    if t.shape != p.shape:
+        raise ValueError(f"y_true and y_pred lengths differ: {t.size} vs {p.size}")
+    return t, p
+
+
+def confusion_matrix(y_true: ArrayLike, y_pred: ArrayLike, num_classes: int) -> np.ndarray:
+    """Counts M[i, j] = #{n : y_true[n] = i and y_pred[n] = j}, shape (C, C), int64.
+
+    Rows are true classes and columns predicted classes (the sklearn convention).
+    """
+    t, p = _pair(y_true, y_pred, num_classes)
+    flat = np.bincount(t * num_classes + p, minlength=num_classes * num_classes)
+    return flat.reshape(num_classes, num_classes)
+
+
+def balanced_accuracy(y_true: ArrayLike, y_pred: ArrayLike, num_classes: int) -> float:
+    """ACA = (1/|K|) * sum_{c in K} TP_c / (TP_c + FN_c), K = classes present in y_true.
+
+    Classes absent from y_true have no recall to measure, so they are left out of the mean.
+    """
+    cm = confusion_matrix(y_true, y_pred, num_classes)
+    support = cm.sum(axis=1)
+    present = support > 0
+    recall = np.diag(cm)[present] / support[present]
+    return float(recall.mean())
+
+
+def macro_f1(y_true: ArrayLike, y_pred: ArrayLike, num_classes: int) -> float:
+    """Mean over classes c in y_true or y_pred of F1_c = 2 TP_c / (2 TP_c + FP_c + FN_c).
+
+    A class that is predicted but never true (or true but never predicted) has TP = 0 and F1 = 0;
+    classes in neither are skipped, since their F1 is 0/0.
+    """
+    cm = confusion_matrix(y_true, y_pred, num_classes)
+    tp = np.diag(cm).astype(np.float64)
+    fp = cm.sum(axis=0) - tp
+    fn = cm.sum(axis=1) - tp
+    present = (cm.sum(axis=0) + cm.sum(axis=1)) > 0
+    denom = 2 * tp + fp + fn
+    f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+    return float(f1[present].mean())
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks of x where tied values share the mean of the ranks they span."""
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    # The tie group g spans ranks (end_g - count_g + 1) .. end_g; its mean is end_g - (count_g - 1)/2.
+    group_end = np.cumsum(counts)
+    return (group_end - (counts - 1) / 2.0)[inverse]
+
+
+def _binary_auc(positive: np.ndarray, score: np.ndarray) -> float:
+    """ROC AUC via Mann-Whitney U: (R_pos - n_pos (n_pos + 1)/2) / (n_pos n_neg).
+
+    R_pos is the sum of the positives' average ranks, so a tied positive/negative pair counts 1/2.
+    """
+    n_pos = int(positive.sum())
+    n_neg = positive.size - n_pos
+    ranks = _average_ranks(score)
+    u = ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def auc_ovr(y_true: ArrayLike, scores: ArrayLike) -> float:
+    """Macro one-vs-rest ROC AUC: mean over classes c present in y_true of AUC(y == c, scores[:, c]).
+
+    With C == 2 this is the binary AUC of class 1 (the score of class 1 ranks the positives).
+    A 1-D scores vector is read as the binary positive-class score. Classes absent from y_true
+    have no positives and are skipped; at least two classes must be present.
+    """
+    s = _to_numpy(scores).astype(np.float64)
+    if s.ndim == 1:
+        s = np.stack([-s, s], axis=1)
+    if s.ndim != 2:
+        raise ValueError(f"scores must be (N, C), got shape {s.shape}")
+    num_classes = s.shape[1]
+    t = _labels(y_true, "y_true", num_classes)
+    if t.size != s.shape[0]:
+        raise ValueError(f"y_true and scores lengths differ: {t.size} vs {s.shape[0]}")
+    present = np.unique(t)
+    if present.size < 2:
+        raise ValueError("AUC needs at least two classes present in y_true")
+    if num_classes == 2:
+        return _binary_auc(t == 1, s[:, 1])
+    return float(np.mean([_binary_auc(t == c, s[:, c]) for c in present]))
+
+
+def quadratic_kappa(y_true: ArrayLike, y_pred: ArrayLike, num_classes: int) -> float:
+    """Cohen's kappa with quadratic weights w_ij = (i - j)^2 / (C - 1)^2:
+
+        kappa = 1 - sum_ij w_ij O_ij / sum_ij w_ij E_ij,   E = outer(row sums of O, column sums of O) / N
+
+    where O is the confusion matrix. Returns nan when chance disagreement is zero (both raters put
+    every sample in the same single class), where kappa is undefined.
+    """
+    cm = confusion_matrix(y_true, y_pred, num_classes).astype(np.float64)
+    grades = np.arange(num_classes, dtype=np.float64)
+    # The 1/(C - 1)^2 normalisation cancels in the ratio, so plain squared distances suffice.
+    weights = (grades[:, None] - grades[None, :]) ** 2
+    expected = np.outer(cm.sum(axis=1), cm.sum(axis=0)) / cm.sum()
+    chance = float((weights * expected).sum())
+    if chance == 0.0:
+        return float("nan")
+    return float(1.0 - (weights * cm).sum() / chance)
+
+
+def _l2_normalise(x: np.ndarray) -> np.ndarray:
+    """Rows divided by their L2 norm (zero rows stay zero)."""
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norm, 1e-12)
+
+
+def _recall_from_similarity(sim: np.ndarray, ks: Sequence[int]) -> dict[int, float]:
+    """R@K for queries in rows whose true match is the diagonal entry.
+
+    rank_i = #{j != i : sim[i, j] >= sim[i, i]}: ties count against the true item, so a constant
+    similarity puts the true item last. Query i is a hit at K when rank_i < K.
+    """
+    true = np.diag(sim)[:, None]
+    ahead = (sim >= true).sum(axis=1) - 1  # minus the true item itself
+    return {k: float((ahead < k).mean()) for k in ks}
+
+
+def retrieval_recall_at_k(
+    image_emb: ArrayLike, text_emb: ArrayLike, ks: Sequence[int] = (1, 5, 10)
+) -> dict[str, float]:
+    """Image-to-text and text-to-image Recall@K on cosine similarity; image i's true text is text i.
+
+    Returns {"i2t_R@K": fraction, "t2i_R@K": fraction} for each K in ks.
+    """
+    img = _to_numpy(image_emb).astype(np.float64)
+    txt = _to_numpy(text_emb).astype(np.float64)
+    if img.ndim != 2 or txt.ndim != 2:
+        raise ValueError(f"embeddings must be (N, D), got {img.shape} and {txt.shape}")
+    if img.shape != txt.shape:
+        raise ValueError(f"image and text embeddings must have the same shape: {img.shape} vs {txt.shape}")
+    if img.shape[0] == 0:
+        raise ValueError("embeddings are empty")
+    if any(k < 1 for k in ks):
+        raise ValueError(f"every K must be >= 1, got {tuple(ks)}")
+    sim = _l2_normalise(img) @ _l2_normalise(txt).T
+    i2t = _recall_from_similarity(sim, ks)
+    t2i = _recall_from_similarity(sim.T, ks)
+    out = {f"i2t_R@{k}": i2t[k] for k in ks}
+    out.update({f"t2i_R@{k}": t2i[k] for k in ks})
+    return out
+
+
+def classification_report(
+    y_true: ArrayLike, scores: ArrayLike, num_classes: int, grading: bool = False
+) -> dict[str, Any]:
+    """ACA, macro F1, macro OvR AUC (+ quadratic kappa when grading) for argmax predictions of scores.
+
+    Returns {"aca", "macro_f1", "auc", ["kappa"], "confusion_matrix"}; the matrix is a list of lists
+    so the report serialises to JSON as is.
+    """
+    s = _to_numpy(scores)
+    if s.ndim != 2 or s.shape[1] != num_classes:
+        raise ValueError(f"scores must be (N, {num_classes}), got shape {s.shape}")
+    y_pred = s.argmax(axis=1)
+    report: dict[str, Any] = {
+        "aca": balanced_accuracy(y_true, y_pred, num_classes),
+        "macro_f1": macro_f1(y_true, y_pred, num_classes),
+        "auc": auc_ovr(y_true, s),
+    }
+    if grading:
+        report["kappa"] = quadratic_kappa(y_true, y_pred, num_classes)
+    report["confusion_matrix"] = confusion_matrix(y_true, y_pred, num_classes).tolist()
+    return report
