@@ -1,0 +1,72 @@
+"""The objective contract: a small callable that turns (model, batch) into named scalar loss terms.
+
+    terms = objective(model, batch)            # {"contrastive": tensor(...)}, or more terms for richer methods
+    loss = weighted_total(terms, weights)      # the trainer sums them and logs each term
+
+A batch is the dict made by `pretrain.data.Collate`, or a `(public, elite)` pair of them (KeepFIT-style
+data): a pair is concatenated into one batch before embedding, so every sample of both sets is a key for
+every query, as if the two streams had been drawn as one batch. Objectives never build a B x B logits
+matrix themselves: they call `kernels.distributed_contrastive_loss`, which is the plain fused loss in one
+process and gathers keys with gradient under torch.distributed; the model stays parallelism-agnostic.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Batch = Mapping[str, Any]
+PairedBatch = tuple[Batch, Batch]
+
+# Tensors a paired batch concatenates; 2-d ones are zero-padded on the last dim first (pad id 0 under a
+# zero attention mask is never attended; a zero multi-hot column is an absent label).
+PAIRED_TENSORS = ("image", "input_ids", "attention_mask", "category_ids", "multi_hot")
+
+
+def _cat(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    if a.dim() == 2 and a.shape[1] != b.shape[1]:
+        width = max(a.shape[1], b.shape[1])
+        a, b = (F.pad(t, (0, width - t.shape[1])) for t in (a, b))
+    return torch.cat([a, b.to(a.dtype)])
+
+
+def merge_batches(public: Batch, elite: Batch) -> dict[str, Any]:
+    """One batch holding `public` then `elite`: tensors in PAIRED_TENSORS concatenated, lists joined."""
+    merged: dict[str, Any] = {}
+    for key in public.keys() & elite.keys():
+        a, b = public[key], elite[key]
+        if key in PAIRED_TENSORS:
+            merged[key] = _cat(a, b)
+        elif isinstance(a, list) and isinstance(b, list):
+            merged[key] = a + b
+    return merged
+
+
+def as_batch(batch: Batch | PairedBatch) -> Batch:
+    """A batch as is; a (public, elite) pair merged into one."""
+    if isinstance(batch, tuple):
+        if len(batch) != 2:
+            raise ValueError(f"a paired batch is (public, elite), got a tuple of {len(batch)}")
+        return merge_batches(*batch)
+    return batch
+
+
+def embed(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(image_embeds, text_embeds, logit_scale) of the model on a batch; embeddings are L2-normalised."""
+    out = model(pixel_values=batch["image"], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    return out["image_embeds"], out["text_embeds"], out["logit_scale"]
+
+
+class Objective(ABC):
+    """Maps (model, batch or (public, elite) pair) to named scalar loss terms."""
+
+    name: str
+
+    @abstractmethod
+    def __call__(self, model: nn.Module, batch: Batch | PairedBatch) -> dict[str, torch.Tensor]:
+        ...
