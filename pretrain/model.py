@@ -229,7 +229,8 @@ class RetinaCLIP(nn.Module):
         self.text_model = text_model
         self.visual_projection = ProjectionHead(vision_model.num_features, cfg.embed_dim)
         self.text_projection = ProjectionHead(text_model.num_features, cfg.embed_dim)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(cfg.init_logit_scale)))
+        # shape (1,), not 0-d: DeepSpeed's broadcast, clipping and ZeRO-3 partitioning break on 0-d parameters
+        self.logit_scale = nn.Parameter(torch.full((1,), math.log(cfg.init_logit_scale)))
         self.max_logit_scale = cfg.max_logit_scale
 
     def logit_scale_value(self) -> torch.Tensor:

@@ -45,7 +45,7 @@ def test_forward_shapes_and_unit_norm(tiny):
     assert out["image_embeds"].shape == out["text_embeds"].shape == (BATCH, 32)
     for key in ("image_embeds", "text_embeds"):
         torch.testing.assert_close(out[key].norm(dim=-1), torch.ones(BATCH))
-    torch.testing.assert_close(out["logit_scale"], torch.tensor(1 / 0.07))
+    torch.testing.assert_close(out["logit_scale"], torch.tensor([1 / 0.07]))
     torch.testing.assert_close(tiny.get_image_features(pixels), out["image_embeds"])
     torch.testing.assert_close(tiny.get_text_features(ids, mask), out["text_embeds"])
     # 64 px / 16 px patches = 4 x 4 tokens, class token dropped; ViT-Tiny width 192.

@@ -1,0 +1,148 @@
+"""Checkpointing of a DeepSpeed engine: one tag per step under RUN_DIR/checkpoints, plus the run's config.
+
+    RUN_DIR/config.yaml                    the resolved config (save_run_config)
+    RUN_DIR/checkpoints/step00001000/      DeepSpeed's files (model states, ZeRO optimizer partitions)
+    RUN_DIR/checkpoints/latest             the tag of the newest COMPLETE checkpoint
+
+`latest`: DeepSpeed (0.19.8) writes it itself with a plain open/write on rank 0, which a crash can leave
+empty or half-written. We pass save_latest=False and write it ourselves with tmp + os.replace, after a barrier
+that follows every rank's save, so `latest` only ever names a finished checkpoint.
+
+client_state holds the step, the caller's extras and the RNG states of EVERY rank (gathered to one list):
+DeepSpeed stores client_state only in data-parallel rank 0's file, so per-rank RNG would otherwise be lost.
+We never call torch.load ourselves; DeepSpeed 0.19.8 loads its own files with torch.load(weights_only=False)
+(its checkpoint engine's choice, since its files hold optimizer objects). The RNG states are kept to plain
+Python containers and tensors, so they would also load under weights_only=True.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from pretrain.config import save_config
+
+__all__ = ["CHECKPOINT_DIR", "get_rng_state", "load_checkpoint", "resolve_resume", "save_checkpoint",
+           "save_run_config", "set_rng_state", "step_tag"]
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def step_tag(step: int) -> str:
+    return f"step{step:08d}"
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def get_rng_state() -> dict[str, Any]:
+    """This process's Python, NumPy, torch (and CUDA) RNG states, as plain containers and tensors."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": (kind, keys.tolist(), pos, has_gauss, gauss),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_tuples(state["python"]))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuples(x: Any) -> Any:
+    # random.setstate wants nested tuples; a round trip through some serialisers gives lists.
+    return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def _all_rng_states() -> list[dict[str, Any]]:
+    local = get_rng_state()
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [local]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, local)
+    return gathered
+
+
+def save_run_config(run_dir: str | Path, config: Any) -> None:
+    """Write the resolved config (a dict or config dataclass) as RUN_DIR/config.yaml; rank 0 only."""
+    if _rank() == 0:
+        save_config(config, Path(run_dir) / "config.yaml")
+
+
+def save_checkpoint(engine: Any, run_dir: str | Path, step: int, extra: dict[str, Any] | None = None) -> Path:
+    """Save the engine (module, optimizer, scheduler) as tag step{step:08d}; call on ALL ranks.
+
+    Returns the checkpoint's folder. `extra` goes into client_state beside the step and RNG states."""
+    save_dir = Path(run_dir) / CHECKPOINT_DIR
+    tag = step_tag(step)
+    client_state = {**(extra or {}), "step": step, "rng": _all_rng_states()}
+    engine.save_checkpoint(str(save_dir), tag=tag, client_state=client_state, save_latest=False)
+    _barrier()  # every rank's shards are on disk before `latest` may name them
+    if _rank() == 0:
+        _atomic_write(save_dir / "latest", tag)
+    _barrier()
+    return save_dir / tag
+
+
+def resolve_resume(run_dir: str | Path, resume: str | Path | None) -> tuple[Path, str] | None:
+    """(load_dir, tag) for `resume`, or None to start fresh.
+
+    "auto": RUN_DIR/checkpoints/latest if it exists, else fresh. None or "none": fresh. A path: a checkpoint
+    tag folder (…/checkpoints/step00000100) or a checkpoints folder with a `latest` file."""
+    if resume is None or str(resume) == "none":
+        return None
+    if str(resume) == "auto":
+        latest = Path(run_dir) / CHECKPOINT_DIR / "latest"
+        return (latest.parent, latest.read_text(encoding="utf-8").strip()) if latest.is_file() else None
+    path = Path(resume)
+    if (path / "latest").is_file():
+        return path, (path / "latest").read_text(encoding="utf-8").strip()
+    if path.is_dir():
+        return path.parent, path.name
+    raise FileNotFoundError(f"resume: no checkpoint at {str(path)!r} (expected a tag folder or a folder "
+                            "with a 'latest' file)")
+
+
+def load_checkpoint(engine: Any, run_dir: str | Path, resume: str | Path | None = "auto") -> dict[str, Any] | None:
+    """Load module, optimizer and scheduler states into `engine` and restore this rank's RNG states; call on ALL
+    ranks after build_engine. Returns the client_state (step, extras; RNG removed) or None for a fresh start."""
+    where = resolve_resume(run_dir, resume)
+    if where is None:
+        return None
+    load_dir, tag = where
+    path, client_state = engine.load_checkpoint(str(load_dir), tag=tag, load_optimizer_states=True,
+                                                load_lr_scheduler_states=True)
+    if path is None:
+        raise RuntimeError(f"DeepSpeed could not load checkpoint {tag!r} from {str(load_dir)!r}")
+    client_state = dict(client_state)
+    rng = client_state.pop("rng", None)
+    if rng:
+        # A resume on a different world size gives rank r the saved state of rank r mod the saved count.
+        set_rng_state(rng[_rank() % len(rng)])
+    return client_state
