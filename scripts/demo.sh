@@ -6,10 +6,10 @@ PY=${1:-python}
 OUT=${2:-demo-output}
 DATA="$OUT/data"
 
-echo "== 1/3 synthesize data into $DATA"
+echo "== 1/4 synthesize data into $DATA"
 "$PY" -m shards synth --out "$DATA" --public 600 --elite 200 --eval 200 --seed 0
 
-echo "== 2/3 build shards"
+echo "== 2/4 build shards"
 public_sources=()
 for frame in "$DATA"/dataframes/pretraining/9*_SYNTH_*.csv; do
   public_sources+=(--source "flair:$frame:$DATA/images")
@@ -22,10 +22,14 @@ done
   --source "flair:$DATA/dataframes/transferability/classification:$DATA/images" \
   --shard-size 200 --image-size 224 --split test=100 --order source
 
-echo "== 3/3 verify and summarise"
+echo "== 3/4 verify and summarise"
 for set in public elite eval; do
   "$PY" -m shards -q verify "$OUT/shards/$set"
 done
 "$PY" -m shards -q stats "$OUT/shards/public" --plot "$OUT/public-stats.png"
 "$PY" -m shards -q inspect "$OUT/shards/elite" -n 2
-echo "demo finished: shards under $OUT/shards (training on them arrives with the pretrain package)"
+
+echo "== 4/4 train a tiny FLAIR-style model on the shards (DeepSpeed, CPU)"
+"$PY" -m pretrain train --config pretrain/configs/demo_cpu.yaml --run.dir "$OUT/run" \
+  --data.public "$OUT/shards/public" --data.elite "$OUT/shards/elite"
+echo "demo finished: shards under $OUT/shards, run (config, checkpoints, TensorBoard) under $OUT/run"
