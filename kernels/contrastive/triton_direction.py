@@ -58,6 +58,13 @@ def _popcount32(x):
 
 
 @triton.jit
+def _load_rows(ptr, offs_r, mask_r, stride_r, offs_d, mask_d, stride_d):
+    """A (rows, BLOCK_D) tile of an embedding matrix; rows and columns out of range load as 0."""
+    return tl.load(ptr + offs_r.to(tl.int64)[:, None] * stride_r + offs_d[None, :] * stride_d,
+                   mask=mask_r[:, None] & mask_d[None, :], other=0.0)
+
+
+@triton.jit
 def _pair_rules(
     offs_m, offs_n, mask_m, mask_n,
     row_words_ptr, row_pop_ptr, key_words_ptr, key_pop_ptr,
@@ -125,8 +132,7 @@ def _contrastive_fwd_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     mask_m = offs_m < M
     mask_d = offs_d < D
-    q = tl.load(q_ptr + offs_m.to(tl.int64)[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-                mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+    q = _load_rows(q_ptr, offs_m, mask_m, stride_qm, offs_d, mask_d, stride_qd)
     scale = tl.load(scale_ptr).to(tl.float32)
 
     m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)  # running max of the kept s_ij
@@ -136,8 +142,7 @@ def _contrastive_fwd_kernel(
     for start_n in range(0, N, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         mask_n = offs_n < N
-        k = tl.load(k_ptr + offs_n.to(tl.int64)[:, None] * stride_kn + offs_d[None, :] * stride_kd,
-                    mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+        k = _load_rows(k_ptr, offs_n, mask_n, stride_kn, offs_d, mask_d, stride_kd)
         s = _mm(q, tl.trans(k), FP32_PRECISION, UPCAST) * scale
         positive, keep, weight = _pair_rules(
             offs_m, offs_n, mask_m, mask_n, row_words_ptr, row_pop_ptr, key_words_ptr, key_pop_ptr,
@@ -179,8 +184,7 @@ def _contrastive_bwd_dq_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     mask_m = offs_m < M
     mask_d = offs_d < D
-    q = tl.load(q_ptr + offs_m.to(tl.int64)[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-                mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+    q = _load_rows(q_ptr, offs_m, mask_m, stride_qm, offs_d, mask_d, stride_qd)
     scale = tl.load(scale_ptr).to(tl.float32)
     g = tl.load(grad_ptr).to(tl.float32) / M  # read on device: no host sync for the upstream grad
     lse = tl.load(lse_ptr + offs_m, mask=mask_m, other=0.0)
@@ -191,8 +195,7 @@ def _contrastive_bwd_dq_kernel(
     for start_n in range(0, N, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         mask_n = offs_n < N
-        k = tl.load(k_ptr + offs_n.to(tl.int64)[:, None] * stride_kn + offs_d[None, :] * stride_kd,
-                    mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+        k = _load_rows(k_ptr, offs_n, mask_n, stride_kn, offs_d, mask_d, stride_kd)
         dot = _mm(q, tl.trans(k), FP32_PRECISION, UPCAST)
         positive, keep, weight = _pair_rules(
             offs_m, offs_n, mask_m, mask_n, row_words_ptr, row_pop_ptr, key_words_ptr, key_pop_ptr,
@@ -230,8 +233,7 @@ def _contrastive_bwd_dk_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     mask_n = offs_n < N_GRAD
     mask_d = offs_d < D
-    k = tl.load(k_ptr + offs_n.to(tl.int64)[:, None] * stride_kn + offs_d[None, :] * stride_kd,
-                mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+    k = _load_rows(k_ptr, offs_n, mask_n, stride_kn, offs_d, mask_d, stride_kd)
     scale = tl.load(scale_ptr).to(tl.float32)
     g = tl.load(grad_ptr).to(tl.float32) / M
 
@@ -239,8 +241,7 @@ def _contrastive_bwd_dk_kernel(
     for start_m in range(0, M, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         mask_m = offs_m < M
-        q = tl.load(q_ptr + offs_m.to(tl.int64)[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-                    mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+        q = _load_rows(q_ptr, offs_m, mask_m, stride_qm, offs_d, mask_d, stride_qd)
         lse = tl.load(lse_ptr + offs_m, mask=mask_m, other=0.0)
         inv_count = 1.0 / tl.load(count_ptr + offs_m, mask=mask_m, other=1.0)
         dot = _mm(q, tl.trans(k), FP32_PRECISION, UPCAST)
