@@ -2,27 +2,38 @@
 
     retina-pretrain train --config pretrain/configs/demo_cpu.yaml [--run.steps 20 --engine.lr 3e-4 ...]
     retina-pretrain train --help-config          # every dotted key with its type, default and help
+    retina-pretrain eval --help
+    retina-pretrain export-hf --help / import-hf --help
 
-`train` runs pretrain.train.train on a TrainConfig resolved from defaults < YAML < dotted overrides
-(pretrain.config.parse_cli). Not implemented yet, and saying so with exit status 2: `eval` (issue 5),
-`text-pretrain` (issue 6), `export-hf` and `import-hf` (issue 8).
+Each command lives in its own module as `cli_main(argv) -> exit status` (COMMANDS below), imported only when
+run, so `--help` stays fast and a command's heavy imports never slow another. A command listed in PLANNED exists
+and says that it is not implemented yet, with exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 
 PROG = "retina-pretrain"
-PLANNED = {"eval": "issue 5", "text-pretrain": "issue 6", "export-hf": "issue 8", "import-hf": "issue 8"}
+
+# command -> (module with cli_main, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("pretrain.train", "pretrain a model: --config PATH, --help-config, dotted overrides (--run.steps 20)"),
+    "eval": ("pretrain.evaluate", "evaluate a checkpoint: zero-shot, linear/k-shot probes, retrieval, report"),
+    "export-hf": ("pretrain.hf.export", "write a checkpoint as a Hugging Face transformers directory"),
+    "import-hf": ("pretrain.hf.importer", "initialise training from an exported Hugging Face directory"),
+}
+PLANNED = {"text-pretrain": "issue 6"}
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Retinal vision-language pretraining.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("train", help="pretrain a model: --config PATH, --help-config, dotted overrides (--run.steps 20)",
-                   add_help=False)
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
     for name, issue in PLANNED.items():
         sub.add_parser(name, help=f"not implemented yet ({issue})", add_help=False)
     return parser
@@ -35,18 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG} {args.command}: not implemented yet ({PLANNED[args.command]})", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from pretrain.config import parse_cli
-    from pretrain.train import TrainConfig, train
-
-    cfg, _ = parse_cli(TrainConfig, rest, prog=f"{PROG} train")
-    try:
-        train(cfg)
-    finally:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-    return 0
+    module = importlib.import_module(COMMANDS[args.command][0])
+    return int(module.cli_main(rest) or 0)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from pretrain.engine import EngineConfig, NonFiniteLoss, build_engine, init_dist
 from pretrain.model import ModelConfig, build_model, offline_minilm_path
 from pretrain.objectives import build_objective, weighted_total
 
-__all__ = ["OFFLINE_MINILM", "RunConfig", "TrainConfig", "resolve_text_path", "train"]
+__all__ = ["OFFLINE_MINILM", "RunConfig", "TrainConfig", "cli_main", "resolve_text_path", "train"]
 
 log = logging.getLogger("pretrain.train")
 
@@ -209,3 +209,18 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     return {"step": step, "start_step": start_step, "loss": losses[-1] if losses else None, "losses": losses,
             "skipped": skipped}
 
+
+
+def cli_main(argv: list[str]) -> int:
+    """`retina-pretrain train`: defaults < --config YAML < dotted overrides, then train."""
+    from pretrain.config import parse_cli
+
+    cfg, _ = parse_cli(TrainConfig, argv, prog="retina-pretrain train")
+    try:
+        train(cfg)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    return 0

@@ -19,7 +19,7 @@ def test_console_scripts_are_declared():
     assert declared == SCRIPTS
 
 
-@pytest.mark.parametrize("command, planned", [(["pretrain", "eval"], "issue 5"), (["cluster", "up"], "issue 7")])
+@pytest.mark.parametrize("command, planned", [(["pretrain", "text-pretrain"], "issue 6"), (["cluster", "up"], "issue 7")])
 def test_unimplemented_commands_say_so(command, planned):
     result = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True)
     assert result.returncode == 2
