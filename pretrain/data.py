@@ -321,6 +321,9 @@ class Collate:
             "text": texts,
             "keys": [s["key"] for s in samples],
             "dataset": [s["dataset"] for s in samples],
+            # (worker, samples this worker process has skipped so far): the trainer keeps the latest count of
+            # each worker and sums them over workers and ranks, since SKIPPED lives in the worker's process.
+            "data_skipped": (_worker_id(), SKIPPED.total),
         }
 
 

@@ -60,8 +60,8 @@ class EngineConfig:
     """AdamW epsilon."""
     warmup_steps: int = 100
     """Optimizer steps of linear warmup."""
-    total_steps: int = 1000
-    """Optimizer steps of the whole run; the cosine decay ends here."""
+    total_steps: int | None = None
+    """Optimizer steps of the whole run, where the cosine decay ends; null follows run.steps."""
     min_lr_ratio: float = 0.0
     """The cosine decays to min_lr_ratio * lr."""
 
@@ -146,6 +146,8 @@ def build_engine(model: nn.Module, cfg: EngineConfig) -> tuple[Any, Any, Any]:
     init_distributed_env()  # also sets DS_ACCELERATOR on CPU, so it comes before importing deepspeed
     import deepspeed
 
+    if cfg.total_steps is None:
+        raise ValueError("engine.total_steps is unset (the trainer fills it from run.steps)")
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas),
                                   eps=cfg.eps)
     scheduler_fn = partial(warmup_cosine, warmup_steps=cfg.warmup_steps, total_steps=cfg.total_steps,

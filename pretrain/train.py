@@ -21,19 +21,20 @@ machine-specific path; the saved config.yaml keeps the portable name.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import random
 import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from pretrain.checkpoint import load_checkpoint, save_checkpoint, save_run_config
-from pretrain.data import DataConfig, make_loader
+from pretrain.data import SKIPPED, DataConfig, make_loader
 from pretrain.engine import EngineConfig, NonFiniteLoss, build_engine, init_distributed_env, train_step
 from pretrain.model import ModelConfig, build_model, offline_minilm_path
 from pretrain.objectives import build_objective, weighted_total
@@ -121,8 +122,38 @@ def _print(msg: str) -> None:
     print(msg, flush=True)
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Run (or resume) training as configured; returns {"step", "loss", "losses", "start_step", "skipped"}."""
+def _note_skips(batch: Any, latest: dict[int, int]) -> None:
+    """Keep the newest skipped-sample count reported by each DataLoader worker (see pretrain.data.Collate)."""
+    for part in batch if isinstance(batch, (list, tuple)) else (batch,):
+        worker, count = part.get("data_skipped", (0, 0))
+        latest[int(worker)] = max(latest.get(int(worker), 0), int(count))
+
+
+def _sum_over_ranks(value: float, device: torch.device) -> float:
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    t = torch.tensor([float(value)], device=device)
+    dist.all_reduce(t)
+    return float(t.item())
+
+
+def _append_metrics(path: Path, record: dict[str, float]) -> None:
+    """One JSON line per log interval (what the run report plots); a resumed run appends, and readers keep the
+    last record of each step."""
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+CheckpointHook = Callable[[int, Path], None]
+
+
+def train(cfg: TrainConfig, on_checkpoint: CheckpointHook | None = None) -> dict[str, Any]:
+    """Run (or resume) training as configured.
+
+    Returns {"step", "start_step", "loss", "losses", "skipped" (non-finite steps), "data_skipped" (samples
+    skipped by the data pipeline, summed over workers and ranks)}. `on_checkpoint(step, path)` is called on
+    every rank after each complete checkpoint (a cluster launcher reports it to its scheduler)."""
     init_distributed_env()
     rank, world_size = _rank_world()
     _seed_everything(cfg.run.seed + rank)
@@ -135,7 +166,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(model_cfg.text.name_or_path)
     model = build_model(model_cfg)
     objective = build_objective(cfg.method)
-    engine_cfg = dataclasses.replace(cfg.engine, micro_batch_size=cfg.data.batch_size)
+    engine_cfg = dataclasses.replace(cfg.engine, micro_batch_size=cfg.data.batch_size,
+                                     total_steps=cfg.engine.total_steps or cfg.run.steps)
     engine, optimizer, _ = build_engine(model, engine_cfg)
     save_run_config(run_dir, cfg)
 
@@ -145,6 +177,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         n_params = sum(p.numel() for p in model.parameters())
         _print(f"{'resumed from step ' + str(start_step) if state else 'starting fresh'} | method {cfg.method} | "
                f"params {n_params / 1e6:.2f}M | world {world_size} | device {engine.device} | run {run_dir}")
+    SKIPPED.reset()  # with data.workers=0 the counter lives in this process
     loader = make_loader(cfg.data, tokenizer, rank, world_size, step=start_step)
 
     def loss_fn(eng: Any, batch: Any) -> dict[str, torch.Tensor]:
@@ -159,6 +192,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     device = engine.device
     losses: list[float] = []
     skipped = 0
+    skips_by_worker: dict[int, int] = {}
+    data_skipped = 0.0
+    metrics_path = run_dir / "metrics.jsonl"
     window: dict[str, list[float]] = {}
     window_samples, window_start = 0, time.perf_counter()
     step = start_step
@@ -167,6 +203,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     try:
         for step in range(start_step + 1, cfg.run.steps + 1):
             batch = _to_device(next(batches), device)
+            _note_skips(batch, skips_by_worker)
             try:
                 terms = train_step(engine, loss_fn, batch)
             except NonFiniteLoss as err:
@@ -186,28 +223,41 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 scalars["logit_scale"] = float(engine.module.logit_scale_value().detach().float().item())
                 scalars["samples_per_s"] = window_samples / elapsed
                 scalars["mem_mib"] = _peak_mem_mib(device)
+                data_skipped = _sum_over_ranks(sum(skips_by_worker.values()), device)
+                scalars["data_skipped"] = data_skipped
                 if rank == 0:
                     parts = [f"step {step}"] + [f"{k} {scalars[k]:.4f}" for k in window]
                     parts += [f"lr {scalars['lr']:.3e}", f"logit_scale {scalars['logit_scale']:.2f}",
-                              f"samples/s {scalars['samples_per_s']:.1f}", f"mem {scalars['mem_mib']:.0f} MiB"]
+                              f"samples/s {scalars['samples_per_s']:.1f}", f"mem {scalars['mem_mib']:.0f} MiB",
+                              f"data skipped {data_skipped:.0f}"]
                     _print(" | ".join(parts))
                     assert writer is not None
                     for k, v in scalars.items():
                         writer.add_scalar(f"train/{k}", v, step)
                     writer.flush()
+                    _append_metrics(metrics_path, {"step": step, **scalars})
                 window, window_samples, window_start = {}, 0, time.perf_counter()
             if cfg.run.save_every > 0 and step % cfg.run.save_every == 0:
-                save_checkpoint(engine, run_dir, step)
+                _checkpoint(engine, run_dir, step, on_checkpoint)
                 saved_at = step
         if saved_at != step and step > start_step:
-            save_checkpoint(engine, run_dir, step)
+            _checkpoint(engine, run_dir, step, on_checkpoint)
     finally:
         if writer is not None:
             writer.close()
     if rank == 0:
         _print(f"done at step {step} | checkpoints in {run_dir / 'checkpoints'}")
+    data_skipped = _sum_over_ranks(sum(skips_by_worker.values()), device)
+    if rank == 0 and data_skipped:
+        _print(f"data pipeline skipped {data_skipped:.0f} bad samples (logged above with their keys)")
     return {"step": step, "start_step": start_step, "loss": losses[-1] if losses else None, "losses": losses,
-            "skipped": skipped}
+            "skipped": skipped, "data_skipped": int(data_skipped)}
+
+
+def _checkpoint(engine: Any, run_dir: Path, step: int, hook: CheckpointHook | None) -> None:
+    path = save_checkpoint(engine, run_dir, step)
+    if hook is not None:
+        hook(step, path)
 
 
 
