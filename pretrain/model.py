@@ -88,6 +88,10 @@ class ModelConfig:
     """Initial temperature multiplier (CLIP's 1/0.07); stored as its log."""
     max_logit_scale: float = 100.0
     """Upper clamp of the multiplier, as CLIP and FLAIR do, so the softmax cannot collapse."""
+    init_from: str | None = None
+    """An exported HF directory (retina-pretrain export-hf) or a .safetensors file whose weights initialise the
+    model after it is built (strict: every tensor must match; caption_decoder.* is loaded only if the model has
+    a caption decoder)."""
 
 
 # ----------------------------------------------------------------------------- vision tower
@@ -257,7 +261,12 @@ class RetinaCLIP(nn.Module):
 
 
 def build_model(cfg: ModelConfig) -> RetinaCLIP:
-    return RetinaCLIP(cfg, build_vision_tower(cfg.vision), build_text_tower(cfg.text))
+    model = RetinaCLIP(cfg, build_vision_tower(cfg.vision), build_text_tower(cfg.text))
+    if cfg.init_from:
+        from pretrain.hf.importer import load_init_weights
+
+        load_init_weights(model, cfg.init_from)
+    return model
 
 
 # ----------------------------------------------------------------------------- helpers

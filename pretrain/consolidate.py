@@ -1,0 +1,210 @@
+"""One full fp32 state dict from a DeepSpeed checkpoint of any ZeRO stage, read without trusting pickles.
+
+    state_dict = load_model_state_dict("runs/demo")            # RUN_DIR: uses RUN_DIR/checkpoints/latest
+    state_dict = load_model_state_dict("runs/demo/checkpoints")                 # a folder with `latest`
+    state_dict = load_model_state_dict("runs/demo/checkpoints/step00000060")    # one tag folder
+    config_yaml = find_run_config("runs/demo/checkpoints/step00000060")         # RUN_DIR/config.yaml
+
+Keys are the model's own parameter and buffer names (`vision_model.model.…`, `logit_scale`, …), as
+`RetinaCLIP.state_dict()` has them; tensors are fp32 on the CPU.
+
+ZeRO 0: the full module is in `mp_rank_00_model_states.pt` ("module"); it is read with
+torch.load(weights_only=True). (A bf16 ZeRO-0 run stores bf16 module weights there; they come back as fp32
+copies of those values, the fp32 master copy in the optimizer files is not used.)
+ZeRO 1-3: the weights are partitioned over the optimizer files of every rank; DeepSpeed's own consolidation
+(deepspeed.utils.zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint) merges them.
+
+Pickle safety: DeepSpeed's consolidation calls torch.load(weights_only=False) on every model- and
+optimizer-state file, which would run any code a tampered file holds. So before handing the folder over,
+every one of those files is first loaded with torch.load(weights_only=True) and only these DeepSpeed classes
+allowed besides tensors and plain containers (SAFE_DEEPSPEED_GLOBALS, what the fp32 ZeRO-1/2/3 files written
+by DeepSpeed 0.19.8 hold, measured with torch.serialization.get_unsafe_globals_in_checkpoint):
+
+    deepspeed.runtime.zero.config.ZeroStageEnum        optimizer files, "zero_stage"
+    deepspeed.runtime.fp16.loss_scaler.LossScaler      optimizer files, the (static) loss scaler
+    deepspeed.utils.tensor_fragment.fragment_address   ZeRO-1/2 optimizer files, parameter slice addresses
+
+A file that needs anything else is refused with CheckpointError before DeepSpeed opens it; so is a missing,
+truncated or unreadable rank file, a missing `latest` tag and a checkpoint whose world size does not match
+its files. The check costs one extra read of each file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["CheckpointError", "SAFE_DEEPSPEED_GLOBALS", "find_run_config", "load_model_state_dict",
+           "resolve_checkpoint", "safe_load"]
+
+log = logging.getLogger("pretrain.consolidate")
+
+CHECKPOINT_DIR = "checkpoints"
+ZERO0_MODEL_FILE = "mp_rank_00_model_states.pt"
+SAFE_DEEPSPEED_GLOBALS = (
+    "deepspeed.runtime.zero.config.ZeroStageEnum",
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+    "deepspeed.utils.tensor_fragment.fragment_address",
+)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read (missing, incomplete, corrupted, or holding unexpected pickles)."""
+
+
+def _safe_globals() -> list[Any]:
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # as pretrain.engine: no accelerator-detection warning
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [ZeroStageEnum, LossScaler, fragment_address]
+
+
+def safe_load(path: str | Path, allow_deepspeed: bool = True) -> Any:
+    """torch.load(path, weights_only=True) on the CPU, with the DeepSpeed classes above allowed; any failure is a
+    CheckpointError naming the file (truncated archive, a global outside the allow-list, ...)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"missing checkpoint file {str(path)!r}")
+    try:
+        if allow_deepspeed:
+            with torch.serialization.safe_globals(_safe_globals()):
+                return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"refusing {str(path)!r}: it does not load with torch.load(weights_only=True) "
+                              f"({str(err).splitlines()[0]})") from err
+    except Exception as err:  # zip reader errors (truncated file), EOFError, ...
+        raise CheckpointError(f"cannot read {str(path)!r} (truncated or corrupted?): "
+                              f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
+
+
+def _has_model_states(folder: Path) -> bool:
+    return any(folder.glob("*model_states.pt"))
+
+
+def resolve_checkpoint(checkpoint: str | Path) -> Path:
+    """The tag folder meant by `checkpoint`: a run dir (RUN_DIR/checkpoints/latest), a folder with `latest`, or a
+    tag folder itself (one holding *model_states.pt files)."""
+    path = Path(checkpoint)
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {str(path)!r}")
+    if path.is_dir() and _has_model_states(path):
+        return path
+    for folder in (path, path / CHECKPOINT_DIR):
+        latest = folder / "latest"
+        if latest.is_file():
+            tag = latest.read_text(encoding="utf-8").strip()
+            if not tag:
+                raise CheckpointError(f"{str(latest)!r} is empty")
+            tag_dir = folder / tag
+            if not tag_dir.is_dir():
+                raise CheckpointError(f"{str(latest)!r} names tag {tag!r}, but {str(tag_dir)!r} does not exist")
+            return tag_dir
+    raise CheckpointError(f"{str(path)!r} is not a checkpoint: expected a run dir with checkpoints/latest, a "
+                          "checkpoints folder with a 'latest' tag file, or a tag folder with *model_states.pt files")
+
+
+def find_run_config(checkpoint: str | Path) -> Path:
+    """RUN_DIR/config.yaml of the run that wrote `checkpoint` (run dir, checkpoints folder or tag folder)."""
+    path = Path(checkpoint)
+    for folder in (path, path.parent, path.parent.parent):
+        if (folder / "config.yaml").is_file():
+            return folder / "config.yaml"
+    raise CheckpointError(f"no config.yaml of the run found for {str(path)!r} (looked in it and the two "
+                          "folders above it)")
+
+
+def _rank_files(tag_dir: Path, kind: str) -> dict[int, Path]:
+    found: dict[int, Path] = {}
+    for f in tag_dir.glob(f"*zero_pp_rank_*_mp_rank_00_{kind}_states.pt"):
+        m = re.fullmatch(rf"(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_00_{kind}_states\.pt", f.name)
+        if m:
+            found[int(m[1])] = f
+    return found
+
+
+def _expect_ranks(tag_dir: Path, kind: str, world: int) -> list[Path]:
+    files = _rank_files(tag_dir, kind)
+    missing = [r for r in range(world) if r not in files]
+    if missing:
+        raise CheckpointError(f"{str(tag_dir)!r} was written by {world} ranks but the {kind}-state files of "
+                              f"rank(s) {missing} are missing")
+    extra = sorted(set(files) - set(range(world)))
+    if extra:
+        raise CheckpointError(f"{str(tag_dir)!r} has {kind}-state files of ranks {extra} beyond its world size "
+                              f"{world} (mixed checkpoints?)")
+    return [files[r] for r in range(world)]
+
+
+def _zero_stage(states: dict[str, Any], where: Path) -> int:
+    try:
+        return int((states.get("ds_config") or {}).get("zero_optimization", {}).get("stage", 0))
+    except (AttributeError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{str(where)!r}: unreadable ds_config") from err
+
+
+def _fp32(state_dict: dict[str, Any], where: Path) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for k, v in state_dict.items():
+        if not isinstance(v, torch.Tensor):
+            raise CheckpointError(f"{str(where)!r}: entry {k!r} is a {type(v).__name__}, not a tensor")
+        v = v.detach().cpu()
+        out[k] = (v.float() if v.is_floating_point() else v).contiguous().clone()
+    return out
+
+
+def load_model_state_dict(checkpoint: str | Path) -> dict[str, torch.Tensor]:
+    """The full model state dict (fp32 CPU tensors) of a ZeRO 0-3 DeepSpeed checkpoint; see the module doc."""
+    tag_dir = resolve_checkpoint(checkpoint)
+    zero0 = tag_dir / ZERO0_MODEL_FILE
+    model_files3 = _rank_files(tag_dir, "model")
+    if zero0.is_file():
+        first = zero0
+    elif 0 in model_files3:
+        first = model_files3[0]
+    elif model_files3:
+        raise CheckpointError(f"{str(tag_dir)!r}: the model-state file of rank 0 is missing")
+    else:
+        raise CheckpointError(f"{str(tag_dir)!r} holds no DeepSpeed model-state file")
+    states = safe_load(first)
+    if not isinstance(states, dict) or "module" not in states:
+        raise CheckpointError(f"{str(first)!r} is not a DeepSpeed model-state file (no 'module' entry)")
+    stage = _zero_stage(states, first)
+    if stage == 0:
+        if not zero0.is_file():
+            raise CheckpointError(f"{str(tag_dir)!r}: ZeRO-0 checkpoint without {ZERO0_MODEL_FILE}")
+        return _fp32(states["module"], zero0)
+    if stage not in (1, 2, 3):
+        raise CheckpointError(f"{str(first)!r}: unknown ZeRO stage {stage}")
+    world = int(states.get("dp_world_size") or 0)
+    if world < 1:
+        raise CheckpointError(f"{str(first)!r}: no data-parallel world size recorded")
+    files = _expect_ranks(tag_dir, "optim", world)
+    files += _expect_ranks(tag_dir, "model", world) if stage == 3 else [zero0]
+    for f in files:
+        if f != first:
+            safe_load(f)  # refuse tampered or truncated files before DeepSpeed unpickles them unsafely
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    chatter = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):  # prints, tqdm bars
+            state_dict = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+    except Exception as err:
+        raise CheckpointError(f"DeepSpeed could not consolidate {str(tag_dir)!r}: {type(err).__name__}: {err}") \
+            from err
+    finally:
+        if chatter.getvalue():
+            log.debug("zero_to_fp32: %s", chatter.getvalue().strip())
+    return _fp32(state_dict, tag_dir)
