@@ -25,8 +25,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("pretrain.evaluate", "evaluate a checkpoint: zero-shot, linear/k-shot probes, retrieval, report"),
     "export-hf": ("pretrain.hf.export", "write a checkpoint as a Hugging Face transformers directory"),
     "import-hf": ("pretrain.hf.importer", "initialise training from an exported Hugging Face directory"),
+    "text-pretrain": ("pretrain.text_pretrain", "KeepFIT V2 stage 1: masked-language pretraining of the text tower"),
+    "ablate": ("pretrain.ablate", "train and evaluate every method on the same budget; comparison table + plot"),
 }
-PLANNED = {"text-pretrain": "issue 6"}
+PLANNED: dict[str, str] = {}
 
 
 def _parser() -> argparse.ArgumentParser:

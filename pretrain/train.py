@@ -73,7 +73,9 @@ class TrainConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     """DeepSpeed engine and optimizer; engine.micro_batch_size is taken from data.batch_size."""
     method: str = "clip"
-    """Pretraining objective (pretrain.objectives: clip, flair)."""
+    """Pretraining objective (pretrain.objectives: clip, flair, ...)."""
+    objective: dict[str, Any] = field(default_factory=dict)
+    """Keyword options of the method's objective (see its class), e.g. {use_multi_hot: true} for flair."""
     loss_weights: dict[str, float] = field(default_factory=dict)
     """Weight of each loss term of the objective (missing = 1.0), e.g. {contrastive: 1.0}."""
 
@@ -165,7 +167,8 @@ def train(cfg: TrainConfig, on_checkpoint: CheckpointHook | None = None) -> dict
 
     tokenizer = AutoTokenizer.from_pretrained(model_cfg.text.name_or_path)
     model = build_model(model_cfg)
-    objective = build_objective(cfg.method)
+    objective = build_objective(cfg.method, **cfg.objective)
+    objective.attach(model)
     engine_cfg = dataclasses.replace(cfg.engine, micro_batch_size=cfg.data.batch_size,
                                      total_steps=cfg.engine.total_steps or cfg.run.steps)
     engine, optimizer, _ = build_engine(model, engine_cfg)

@@ -67,6 +67,11 @@ class Objective(ABC):
 
     name: str
 
+    def attach(self, model: nn.Module) -> None:
+        """Add what this method trains or keeps beside the two towers (a caption decoder, momentum encoders,
+        queues as buffers) to `model` as submodules, before the engine wraps it, so DeepSpeed optimises,
+        partitions and checkpoints them with everything else. Default: nothing to add."""
+
     @abstractmethod
     def __call__(self, model: nn.Module, batch: Batch | PairedBatch) -> dict[str, torch.Tensor]:
         ...
