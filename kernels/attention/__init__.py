@@ -54,7 +54,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     if key_padding_mask is not None and key_padding_mask.dtype != torch.bool:
         key_padding_mask = key_padding_mask != 0
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    name = resolve_backend(backend, q.device, q.shape[-1])
+    name = resolve_backend(backend, q.device)
     return backend_function(name)(q, k, v, key_padding_mask, bool(causal), scale)
 
 

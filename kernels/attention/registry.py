@@ -1,7 +1,8 @@
 """Attention backends: names, availability on a device, and the resolver `attention()` calls.
 
 An explicitly requested backend that cannot run raises RuntimeError with the reason; only
-`backend=None` chooses, and it picks "triton" on CUDA (when triton imports and Dh <= 256) else "sdpa".
+`backend=None` chooses, and it picks "sdpa" everywhere: on an H100, torch's SDPA (FlashAttention) beat our
+Triton kernel at every measured shape (benchmarks/results/gpu-h100-notes.md), so Triton is opt-in.
 """
 
 from __future__ import annotations
@@ -49,11 +50,10 @@ def available_backends(device: torch.device | str) -> list[str]:
     return [name for name in BACKENDS if unavailable_reason(name, device) is None]
 
 
-def resolve_backend(backend: str | None, device: torch.device | str, head_dim: int | None = None) -> str:
+def resolve_backend(backend: str | None, device: torch.device | str) -> str:
     device = torch.device(device)
     if backend is None:
-        fits = head_dim is None or head_dim <= TRITON_MAX_HEAD_DIM
-        return "triton" if device.type == "cuda" and fits and unavailable_reason("triton", device) is None else "sdpa"
+        return "sdpa"
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; expected one of {BACKENDS}")
     reason = unavailable_reason(backend, device)

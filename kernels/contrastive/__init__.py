@@ -10,7 +10,9 @@ The math of every option is in `kernels.contrastive.spec`. Rectangular problems 
 against gathered keys) take `image_keys`, `text_keys`, `key_labels` and the `offset` of the local
 block; `kernels.contrastive.distributed` fills them in from torch.distributed. Backends: "triton"
 (CUDA, or the CPU interpreter under TRITON_INTERPRET=1), "chunked" (pure torch, any device),
-"eager" (dense matrices, the benchmark baseline). The default picks triton on CUDA, else chunked.
+"eager" (dense matrices, the benchmark baseline). The default picks, on CUDA, eager while the dense
+similarity matrix is small (at most EAGER_MAX_PAIRS query-key pairs; cuBLAS beats our Triton kernel there,
+benchmarks/results/gpu-h100-notes.md) and triton above it, where memory decides; chunked elsewhere.
 """
 
 from __future__ import annotations
@@ -34,9 +36,18 @@ def triton_usable(device: torch.device) -> bool:
     return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def resolve_backend(backend: str | None, device: torch.device) -> str:
+# 4096 x 8192 pairs: the eager path's few dense (M, N) fp32 temporaries stay under ~1 GB.
+EAGER_MAX_PAIRS = 4096 * 8192
+
+
+def resolve_backend(backend: str | None, device: torch.device, pairs: int = 0) -> str:
+    """The backend to run: `backend` if it can run here, or the default for `pairs` (M x N incl. queue)."""
     if backend is None:
-        return "triton" if device.type == "cuda" and triton_usable(device) else "chunked"
+        if device.type != "cuda":
+            return "chunked"
+        if pairs <= EAGER_MAX_PAIRS:
+            return "eager"
+        return "triton" if triton_usable(device) else "chunked"
     if backend not in BACKENDS:
         raise ValueError(f"unknown contrastive backend {backend!r}; expected one of {BACKENDS}")
     if backend == "triton" and not triton_usable(device):
@@ -95,7 +106,8 @@ def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scal
     key_labels = labels if key_labels is None or labels is None else as_label_tensor(key_labels)
     queue_labels = as_label_tensor(queue_labels) if opts.needs_labels and queue_labels is not None else None
 
-    backend = resolve_backend(backend, image_emb.device)
+    queue_len = max((0 if t is None else t.shape[0]) for t in (image_queue, text_queue))
+    backend = resolve_backend(backend, image_emb.device, pairs=m * (n + queue_len))
     if backend == "eager":
         dense = (lambda x: x if x is None or x.dim() == 1 else _unpack_words(x))
         return reference_contrastive_loss(image_emb, text_emb, scale, labels=dense(labels), opts=opts,
@@ -123,4 +135,5 @@ def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scal
     return (i2t + t2i) / 2
 
 
-__all__ = ["contrastive_loss", "pack_multi_hot", "reference_contrastive_loss", "LossOptions", "BACKENDS"]
+__all__ = ["contrastive_loss", "pack_multi_hot", "reference_contrastive_loss", "resolve_backend", "LossOptions",
+           "BACKENDS", "EAGER_MAX_PAIRS"]

@@ -264,11 +264,15 @@ def _contrastive_bwd_dk_kernel(
 # ---------------------------------------------------------------------------------------- launchers
 
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages) by BLOCK_D. Picked by compiling every kernel ahead of time
-# for sm_90 (no GPU at hand) as the largest tiles without register spills that fit in shared memory;
-# the backward's (BLOCK, BLOCK_D) fp32 accumulators set the limit. Not yet timed or autotuned on a GPU.
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) by BLOCK_D. First picked by compiling for sm_90 without a GPU
+# (largest tiles without spills); the 16-bit rows for BLOCK_D 512 and 1024 were then re-picked by timing a
+# sweep on an H100 (benchmarks/contrastive_tile_sweep.py, B = 16384, results in benchmarks/results/):
+# 64x64 w8 s2 runs forward + dq + dk in 8.0 ms against 18.2 ms for the old 32x32 w8 s1 at D = 512. At
+# D = 768 (BLOCK_D 1024) most tiles exceed shared memory and the only faster total (32x64 w8 s2) doubled
+# the dk kernel, which made the whole backward slower in the benchmark, so that row stays. The other rows
+# are still the untimed compile-only picks.
 _GPU_CONFIGS = {
-    "16bit": {128: (64, 64, 8, 2), 256: (32, 64, 8, 2), 512: (32, 32, 8, 1), None: (16, 32, 8, 1)},
+    "16bit": {128: (64, 64, 8, 2), 256: (32, 64, 8, 2), 512: (64, 64, 8, 2), None: (16, 32, 8, 1)},
     "fp32": {128: (32, 64, 8, 2), 256: (32, 32, 8, 2), 512: (16, 32, 8, 1), None: (16, 16, 8, 1)},
 }
 

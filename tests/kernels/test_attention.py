@@ -233,9 +233,7 @@ def test_triton_import_failure_is_reported(monkeypatch):
 def test_default_backend():
     assert resolve_backend(None, "cpu") == "sdpa"
     assert available_backends("cpu")[-2:] == ["sdpa", "eager"] and set(available_backends("cpu")) <= set(BACKENDS)
-    if CUDA:
-        assert resolve_backend(None, "cuda", 64) == "triton"
-        assert resolve_backend(None, "cuda", 512) == "sdpa"
+    assert resolve_backend(None, "cuda") == "sdpa"  # measured faster than our Triton kernel on an H100
 
 
 @pytest.mark.parametrize("shapes", [

@@ -92,3 +92,13 @@ def test_triton_backend_on_cpu_without_interpreter_is_a_clear_error(monkeypatch)
     p = make_problem("identity", 8, 16, seed=1)
     with pytest.raises(RuntimeError, match="needs CUDA tensors"):
         contrastive_loss(p.image, p.text, p.scale, backend="triton")
+
+
+def test_default_backend_follows_device_and_size():
+    from kernels.contrastive import EAGER_MAX_PAIRS, resolve_backend
+
+    cuda = torch.device("cuda")  # resolution only looks at the device type; nothing runs on it
+    assert resolve_backend(None, torch.device("cpu"), pairs=10**12) == "chunked"
+    assert resolve_backend(None, cuda, pairs=256 * 2048) == "eager"
+    assert resolve_backend(None, cuda, pairs=EAGER_MAX_PAIRS + 1) == "triton"
+    assert resolve_backend("chunked", cuda, pairs=1) == "chunked"
