@@ -1,0 +1,112 @@
+"""The Ray Train launcher: `python -m cluster.train_job [launcher flags] [pretrain config args]`.
+
+    python -m cluster.train_job --workers 2 --max-failures 2 --config pretrain/configs/demo_cpu.yaml \
+        --run.dir /shared/runs/x --run.steps 100
+
+A `TorchTrainer` starts `--workers` Ray workers; Ray Train creates the torch process group (gloo on CPU, nccl
+on GPU) and sets RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR, so `pretrain.engine.init_distributed_env` finds it
+initialised and DeepSpeed joins it. Every worker runs the ordinary `pretrain.train.train`; its data streams are
+split by the torch rank, which is Ray's world rank (checked below).
+
+Storage and fault tolerance: `run.dir` is the Ray Train run folder (storage_path = its parent, name = its
+name), so DeepSpeed's checkpoints under RUN_DIR/checkpoints are on the run's storage and are reported to Ray
+in place (no copy). With `FailureConfig(max_failures)`, when a worker dies Ray restarts the whole worker group
+and every worker calls `train` again, which resumes from RUN_DIR/checkpoints/latest, the newest COMPLETE
+checkpoint (pretrain.checkpoint writes `latest` only after every rank's files are on disk).
+
+Data policy on resume: model, optimizer, scheduler and RNG states come back exactly, and the step count
+continues from the checkpoint's step. The data streams are not replayed: they are reseeded by the resume step
+(pretrain.data.make_loader(step=...)), so the steps after the checkpoint see fresh batches drawn from the same
+shard sets (sampling with replacement), not the batches the lost steps saw, and never step 0's batches again.
+Steps done after the last checkpoint and before the failure are redone (with those fresh batches).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main", "parse_args", "train_worker"]
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """Launcher flags; everything else is passed to the pretrain config (--config, --section.field ...)."""
+    p = argparse.ArgumentParser(prog="python -m cluster.train_job", allow_abbrev=False,
+                                description="Run retina-pretrain training on Ray Train workers.")
+    p.add_argument("--workers", type=int, default=2, help="Ray Train workers (one trainer rank each)")
+    p.add_argument("--use-gpu", action="store_true", help="one GPU per worker, nccl")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument("--gpus-per-worker", type=float, default=None, help="with --use-gpu (default 1)")
+    p.add_argument("--max-failures", type=int, default=2,
+                   help="worker-group restarts (each resumes from the latest checkpoint); -1 for unlimited")
+    return p.parse_known_args(argv)
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    """Runs in every Ray Train worker (also again after each restart)."""
+    if not config["use_gpu"]:
+        # DeepSpeed picks its accelerator when first imported; say CPU before anything imports it.
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import ray.train
+    import torch.distributed as dist
+    from ray.train import Checkpoint, CheckpointUploadMode
+
+    from pretrain.config import from_dict
+    from pretrain.train import TrainConfig, train
+
+    cfg = from_dict(TrainConfig, config["train_config"])
+    ctx = ray.train.get_context()
+    # pretrain.data splits shards by the torch rank; it must be Ray's world rank.
+    assert dist.is_initialized() and dist.get_rank() == ctx.get_world_rank(), "torch rank != Ray world rank"
+    assert dist.get_world_size() == ctx.get_world_size()
+    if ray.train.get_checkpoint() is not None:
+        cfg.run.resume = "auto"  # a restart after a failure always continues from the newest checkpoint
+
+    def report(step: int, path: Path) -> None:
+        # Called on every rank after a complete checkpoint; the files are already on the run's storage.
+        ray.train.report({"step": step}, checkpoint=Checkpoint(str(path)),
+                         checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
+
+    train(cfg, on_checkpoint=report)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, train_args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    from pretrain.config import parse_cli, to_dict
+    from pretrain.train import TrainConfig
+
+    # Resolved here, in the job's folder: Ray Train workers run in another working directory.
+    cfg, _ = parse_cli(TrainConfig, list(train_args), prog="python -m cluster.train_job")
+    run_dir = Path(cfg.run.dir).resolve()
+    cfg.run.dir = str(run_dir)
+    for name in ("public", "elite"):
+        if getattr(cfg.data, name):
+            setattr(cfg.data, name, str(Path(getattr(cfg.data, name)).resolve()))
+
+    import ray
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    ray.init(ignore_reinit_error=True)  # inside a job: the job's cluster; standalone: a new local one
+    resources: dict[str, float] = {"CPU": args.cpus_per_worker}
+    if args.use_gpu:
+        resources["GPU"] = args.gpus_per_worker or 1.0
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"train_config": to_dict(cfg), "use_gpu": args.use_gpu},
+        scaling_config=ScalingConfig(num_workers=args.workers, use_gpu=args.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(name=run_dir.name, storage_path=str(run_dir.parent),
+                             failure_config=FailureConfig(max_failures=args.max_failures)),
+    )
+    result = trainer.fit()  # raises once the failures exceed max_failures
+    checkpoint = result.checkpoint.path if result.checkpoint else None
+    print(f"training finished: step {result.metrics.get('step')} | checkpoint {checkpoint}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
