@@ -15,10 +15,16 @@ import torch
 from pretrain.objectives.base import Objective, as_batch, embed, merge_batches
 from pretrain.objectives.clip import ClipObjective
 from pretrain.objectives.flair import FlairObjective
+from pretrain.objectives.keepfit_v1 import KeepFITV1Objective
+from pretrain.objectives.keepfit_v2 import KeepFITV2Objective
+from pretrain.objectives.vilref import ViLReFObjective
 
 OBJECTIVES: dict[str, type[Objective]] = {
     "clip": ClipObjective,
     "flair": FlairObjective,
+    "keepfit_v1": KeepFITV1Objective,
+    "keepfit_v2": KeepFITV2Objective,
+    "vilref": ViLReFObjective,
 }
 
 

@@ -48,10 +48,11 @@ def merge_batches(public: Batch, elite: Batch) -> dict[str, Any]:
 
 
 def as_batch(batch: Batch | PairedBatch) -> Batch:
-    """A batch as is; a (public, elite) pair merged into one."""
-    if isinstance(batch, tuple):
+    """A batch as is; a (public, elite) pair merged into one. The pair may arrive as a list: torch's DataLoader
+    (default_convert, with batch_size=None) turns the data pipeline's tuples into lists."""
+    if isinstance(batch, (tuple, list)):
         if len(batch) != 2:
-            raise ValueError(f"a paired batch is (public, elite), got a tuple of {len(batch)}")
+            raise ValueError(f"a paired batch is (public, elite), got a sequence of {len(batch)}")
         return merge_batches(*batch)
     return batch
 

@@ -1,0 +1,365 @@
+"""`retina-pretrain text-pretrain`: KeepFIT V2 stage 1, masked-language pretraining of the text tower.
+
+    retina-pretrain text-pretrain --config pretrain/configs/keepfit_v2_text_cpu.yaml [--run.steps 50 ...]
+    retina-pretrain text-pretrain --help-config        # every dotted key with its type, default and help
+
+The ophthalmic corpus (`build_corpus`) is every distinct text of: the captions (`txt`) of the given shard sets'
+split (the elite set's expert captions), the clinical description of every knowledge-file category, and the
+categorical texts (every prompt template filled with every category, as FLAIR-style training captions read).
+It is written to RUN_DIR/corpus.txt, one text per line.
+
+Masking (`mask_tokens`) is BERT's, as transformers' DataCollatorForLanguageModeling does it: each non-special
+token is selected with probability mlm.mask_probability (15%); a selected token becomes [MASK] with
+probability mlm.mask_replace (80%), a uniformly random vocabulary id with mlm.random_replace (10%), and stays
+itself otherwise; the loss is the cross-entropy at the selected positions only (mean over them on each rank).
+Our own implementation rather than the collator: one uniform draw decides mask/random/keep, and an explicit
+generator seeded by (seed, step, rank) makes every batch reproducible, so a resumed run sees exactly the
+batches it would have seen.
+
+Training runs on the DeepSpeed engine like `retina-pretrain train` (ZeRO 0-3, any number of processes,
+checkpoints under RUN_DIR/checkpoints, `run.resume: auto`); rank r takes the texts at positions
+((step-1)*world + r)*batch_size ... of a seeded permutation per corpus epoch. At the end the encoder (without
+the MLM head, which stays in the checkpoints) and the tokenizer are written as a transformers folder, default
+RUN_DIR/text_model: stage 2 uses it as `model.text.name_or_path` (with `model.text.random_init: false`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import sys
+import tarfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from pretrain.engine import EngineConfig
+from pretrain.model import TextConfig
+from pretrain.train import RunConfig
+
+__all__ = ["CorpusConfig", "MLMConfig", "MaskedLM", "TextPretrainConfig", "batch_indices", "build_corpus",
+           "build_mlm_model", "cli_main", "mask_tokens", "mlm_loss", "save_text_model", "text_pretrain"]
+
+log = logging.getLogger("pretrain.text_pretrain")
+PROG = "retina-pretrain text-pretrain"
+IGNORE = -100
+
+
+@dataclass
+class CorpusConfig:
+    shards: list[str] = field(default_factory=list)
+    """Shard set folders whose captions (`txt`) enter the corpus, e.g. the elite set."""
+    split: str = "train"
+    """Split of those shard sets to read (keep held-out captions out of the corpus)."""
+    captions: bool = True
+    """Include the shard sets' captions."""
+    descriptions: bool = True
+    """Include the clinical description of every knowledge-file category."""
+    prompts: bool = True
+    """Include the categorical texts: every prompt template filled with every category."""
+
+
+@dataclass
+class MLMConfig:
+    mask_probability: float = 0.15
+    """Probability that a non-special token is selected for prediction."""
+    mask_replace: float = 0.8
+    """Share of the selected tokens replaced by [MASK]."""
+    random_replace: float = 0.1
+    """Share of the selected tokens replaced by a random vocabulary id (the rest stay unchanged)."""
+
+
+@dataclass
+class TextPretrainConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    """Run folder, length, logging and checkpointing (as in retina-pretrain train)."""
+    text: TextConfig = field(default_factory=TextConfig)
+    """The text tower to pretrain (name_or_path may be `offline-minilm`); its tokenizer comes from name_or_path."""
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    """Where the ophthalmic corpus comes from."""
+    mlm: MLMConfig = field(default_factory=MLMConfig)
+    """Masking statistics."""
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    """DeepSpeed engine and optimizer; engine.micro_batch_size is taken from batch_size."""
+    batch_size: int = 32
+    """Texts per process per step."""
+    out: str | None = None
+    """Folder of the pretrained encoder + tokenizer (transformers format); default RUN_DIR/text_model."""
+
+
+# ----------------------------------------------------------------------------- corpus
+
+
+def _shard_captions(shard_dir: str | Path, split: str) -> Iterable[str]:
+    """The `txt` members of one split's shards, in index order; nothing else in the tars is read."""
+    from shards.index import shard_urls
+
+    urls = shard_urls(Path(shard_dir), split)
+    if not urls:
+        raise ValueError(f"corpus.shards: {shard_dir} has no shards for split {split!r}")
+    for url in urls:
+        with tarfile.open(url) as tar:
+            for member in tar:
+                if member.isfile() and member.name.endswith(".txt"):
+                    handle = tar.extractfile(member)
+                    if handle is not None:
+                        yield handle.read().decode("utf-8", errors="replace")
+
+
+def build_corpus(cfg: CorpusConfig, kb: Any = None) -> list[str]:
+    """Distinct non-empty texts (whitespace-normalised), in a fixed order: captions, descriptions, prompts."""
+    if kb is None:
+        from shards.knowledge import load_knowledge
+
+        kb = load_knowledge()
+    parts: list[Iterable[str]] = []
+    if cfg.captions:
+        parts += [_shard_captions(d, cfg.split) for d in cfg.shards]
+    if cfg.descriptions:
+        parts.append(kb.description(name) for name in kb.vocabulary)
+    if cfg.prompts:
+        parts += [kb.prompts(name) for name in kb.vocabulary]
+    seen: dict[str, None] = {}
+    for part in parts:
+        for text in part:
+            text = " ".join(text.split())
+            if text:
+                seen.setdefault(text, None)
+    return list(seen)
+
+
+# ----------------------------------------------------------------------------- batches and masking
+
+
+def _seed(*parts: Any) -> int:
+    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little") >> 1
+
+
+@functools.lru_cache(maxsize=4)
+def _permutation(n: int, seed: int, epoch: int) -> tuple[int, ...]:
+    return tuple(torch.randperm(n, generator=torch.Generator().manual_seed(_seed(seed, epoch))).tolist())
+
+
+def batch_indices(n: int, step: int, rank: int, world_size: int, batch_size: int, seed: int) -> list[int]:
+    """Corpus indices of (step, rank)'s batch (step counts from 1): consecutive slices of one seeded permutation
+    per epoch, so the ranks of a step see disjoint texts and every text comes once per epoch."""
+    start = ((step - 1) * world_size + rank) * batch_size
+    return [_permutation(n, seed, pos // n)[pos % n] for pos in range(start, start + batch_size)]
+
+
+def mask_tokens(input_ids: torch.Tensor, special_tokens_mask: torch.Tensor, *, mask_token_id: int,
+                vocab_size: int, generator: torch.Generator, probability: float = 0.15,
+                mask_replace: float = 0.8, random_replace: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT masking (see the module doc) -> (masked input_ids, labels with -100 where nothing is predicted).
+    special_tokens_mask: 1 for [CLS]/[SEP]/[PAD] and other tokens never selected."""
+    if not (0 <= probability <= 1 and mask_replace >= 0 and random_replace >= 0 and mask_replace + random_replace <= 1):
+        raise ValueError("mlm: need 0 <= mask_probability <= 1 and mask_replace + random_replace <= 1")
+    eligible = special_tokens_mask == 0
+    selected = (torch.rand(input_ids.shape, generator=generator) < probability) & eligible
+    labels = input_ids.masked_fill(~selected, IGNORE)
+    u = torch.rand(input_ids.shape, generator=generator)
+    to_mask = selected & (u < mask_replace)
+    to_random = selected & (u >= mask_replace) & (u < mask_replace + random_replace)
+    random_ids = torch.randint(vocab_size, input_ids.shape, generator=generator, dtype=input_ids.dtype)
+    masked = input_ids.masked_fill(to_mask, mask_token_id)
+    masked = torch.where(to_random, random_ids, masked)
+    return masked, labels
+
+
+def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean cross-entropy over the predicted positions, their accuracy); 0 (with a graph) when none is."""
+    flat, targets = logits.flatten(0, 1).float(), labels.flatten()
+    count = (targets != IGNORE).sum()
+    loss = F.cross_entropy(flat, targets, ignore_index=IGNORE, reduction="sum") / count.clamp(min=1)
+    keep = targets != IGNORE
+    correct = (flat[keep].argmax(-1) == targets[keep]).sum()
+    return loss, correct.float() / count.clamp(min=1)
+
+
+def _make_batch(corpus: Sequence[str], tokenizer: Any, cfg: TextPretrainConfig, step: int, rank: int,
+                world_size: int) -> dict[str, torch.Tensor]:
+    texts = [corpus[i] for i in batch_indices(len(corpus), step, rank, world_size, cfg.batch_size, cfg.run.seed)]
+    tokens = tokenizer(texts, padding="longest", truncation=True, max_length=cfg.text.max_len,
+                       return_special_tokens_mask=True, return_tensors="pt")
+    generator = torch.Generator().manual_seed(_seed(cfg.run.seed, "mask", step, rank))
+    input_ids, labels = mask_tokens(tokens["input_ids"], tokens["special_tokens_mask"],
+                                    mask_token_id=tokenizer.mask_token_id, vocab_size=len(tokenizer),
+                                    generator=generator, probability=cfg.mlm.mask_probability,
+                                    mask_replace=cfg.mlm.mask_replace, random_replace=cfg.mlm.random_replace)
+    return {"input_ids": input_ids, "attention_mask": tokens["attention_mask"], "labels": labels}
+
+
+# ----------------------------------------------------------------------------- model and output
+
+
+def build_mlm_model(cfg: TextConfig) -> torch.nn.Module:
+    """A transformers masked-LM model for the text tower config (same config rules as pretrain.model)."""
+    from transformers import AutoModelForMaskedLM
+
+    from pretrain.model import _text_config
+
+    overrides = dict(cfg.config_overrides)
+    kwargs: dict[str, Any] = {}
+    if cfg.attention_backend is not None:
+        from kernels.attention.integrations import register_transformers_attention
+
+        kwargs["attn_implementation"] = register_transformers_attention(backend=cfg.attention_backend)
+        overrides["attention_probs_dropout_prob"] = 0.0  # the kernel has no attention-probability dropout
+    config = _text_config(cfg, overrides)
+    if cfg.random_init:
+        model = AutoModelForMaskedLM.from_config(config, **kwargs)
+    else:
+        model = AutoModelForMaskedLM.from_pretrained(cfg.name_or_path, config=config, **kwargs)
+    if cfg.grad_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    return MaskedLM(model)
+
+
+class MaskedLM(torch.nn.Module):
+    """A transformers masked-LM model whose forward returns (loss, accuracy) and runs the vocabulary head on the
+    selected positions only: with a 30k vocabulary the head over every token would dominate a small encoder's
+    step. The whole step is one forward of this module, so ZeRO-3 gathers every parameter through its hooks."""
+
+    def __init__(self, mlm: torch.nn.Module) -> None:
+        super().__init__()
+        self.mlm = mlm
+        # BERT-family heads; other architectures fall back to the model's own full-sequence logits
+        self.head_name = next((n for n in ("cls", "lm_head") if isinstance(getattr(mlm, n, None), torch.nn.Module)),
+                              None)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.head_name is None:
+            return mlm_loss(self.mlm(input_ids=input_ids, attention_mask=attention_mask).logits, labels)
+        hidden = self.mlm.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        keep = labels != IGNORE  # none selected: an empty head input, loss 0 and zero gradients everywhere
+        logits = getattr(self.mlm, self.head_name)(hidden[keep])
+        return mlm_loss(logits[None], labels[keep][None])
+
+
+def save_text_model(engine: Any, tokenizer: Any, out: str | Path) -> Path:
+    """Write the encoder (MLM head dropped) and tokenizer as a transformers folder; call on ALL ranks
+    (ZeRO-3 gathers every parameter first). Replaces OUT atomically."""
+    import deepspeed
+
+    from pretrain.hf.export import write_atomically
+
+    dist = torch.distributed
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    module = engine.module.mlm
+    with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+        if rank == 0:
+            def fill(tmp: Path) -> None:
+                encoder = module.base_model
+                encoder.config.architectures = [type(encoder).__name__]
+                encoder.save_pretrained(tmp, safe_serialization=True)
+                tokenizer.save_pretrained(tmp)
+
+            write_atomically(out, fill, overwrite=True)
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+    return Path(out)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def text_pretrain(cfg: TextPretrainConfig) -> dict[str, Any]:
+    """Run (or resume) stage 1; returns {"step", "start_step", "loss", "losses", "skipped", "out", "corpus"}."""
+    from transformers import AutoTokenizer
+
+    from pretrain.checkpoint import load_checkpoint, save_checkpoint, save_run_config
+    from pretrain.engine import NonFiniteLoss, build_engine, init_distributed_env, train_step
+    from pretrain.train import resolve_text_path
+
+    init_distributed_env()
+    dist = torch.distributed
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    run_dir = Path(cfg.run.dir)
+    text_cfg = dataclasses.replace(cfg.text, name_or_path=resolve_text_path(cfg.text.name_or_path))
+    tokenizer = AutoTokenizer.from_pretrained(text_cfg.name_or_path)
+    if tokenizer.mask_token_id is None:
+        raise ValueError(f"{text_cfg.name_or_path}: the tokenizer has no mask token")
+    corpus = build_corpus(cfg.corpus)
+    if not corpus:
+        raise ValueError("the corpus is empty: give corpus.shards or enable descriptions/prompts")
+    torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
+    model = build_mlm_model(text_cfg)
+    torch.manual_seed(cfg.run.seed + rank)  # then rank-specific dropout
+    engine_cfg = dataclasses.replace(cfg.engine, micro_batch_size=cfg.batch_size,
+                                     total_steps=cfg.engine.total_steps or cfg.run.steps)
+    engine, optimizer, _ = build_engine(model, engine_cfg)
+    save_run_config(run_dir, cfg)
+    if rank == 0:
+        (run_dir / "corpus.txt").write_text("\n".join(corpus) + "\n", encoding="utf-8")
+    state = load_checkpoint(engine, run_dir, cfg.run.resume)
+    start = int(state["step"]) if state else 0
+    if rank == 0:
+        print(f"{'resumed from step ' + str(start) if state else 'starting fresh'} | text-pretrain (MLM) | corpus "
+              f"{len(corpus)} texts | params {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M | "
+              f"world {world} | run {run_dir}", flush=True)
+
+    def loss_fn(eng: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        loss, accuracy = eng(batch["input_ids"], batch["attention_mask"], batch["labels"])
+        return {"loss": loss, "mlm": loss.detach(), "mlm_accuracy": accuracy}
+
+    losses: list[float] = []
+    skipped, step, window, t0 = 0, start, {}, time.perf_counter()
+    saved_at = start if state else -1
+    for step in range(start + 1, cfg.run.steps + 1):
+        batch = {k: v.to(engine.device) for k, v in _make_batch(corpus, tokenizer, cfg, step, rank, world).items()}
+        try:
+            terms = train_step(engine, loss_fn, batch)
+        except NonFiniteLoss as err:
+            skipped += 1
+            log.error("step %d skipped: %s", step, err)
+            continue
+        losses.append(terms["loss"])
+        for k, v in terms.items():
+            window.setdefault(k, []).append(v)
+        if cfg.run.log_every > 0 and step % cfg.run.log_every == 0:
+            scalars = {k: sum(v) / len(v) for k, v in window.items()}
+            scalars["lr"] = float(optimizer.param_groups[0]["lr"])
+            scalars["texts_per_s"] = len(window["loss"]) * cfg.batch_size * world / (time.perf_counter() - t0)
+            if rank == 0:
+                print(f"step {step} | " + " | ".join(f"{k} {v:.4g}" for k, v in scalars.items()), flush=True)
+                with (run_dir / "metrics.jsonl").open("a", encoding="utf-8") as f:
+                    f.write(json.dumps({"step": step, **scalars}) + "\n")
+            window, t0 = {}, time.perf_counter()
+        if cfg.run.save_every > 0 and step % cfg.run.save_every == 0:
+            save_checkpoint(engine, run_dir, step)
+            saved_at = step
+    if saved_at != step and step > start:
+        save_checkpoint(engine, run_dir, step)
+    out = save_text_model(engine, tokenizer, cfg.out or run_dir / "text_model")
+    if rank == 0:
+        print(f"done at step {step} | text model for stage 2 (model.text.name_or_path): {out}", flush=True)
+    return {"step": step, "start_step": start, "loss": losses[-1] if losses else None, "losses": losses,
+            "skipped": skipped, "out": str(out), "corpus": len(corpus)}
+
+
+def cli_main(argv: list[str]) -> int:
+    """`retina-pretrain text-pretrain`: defaults < --config YAML < dotted overrides, then stage 1."""
+    from pretrain.config import parse_cli
+
+    if argv and argv[0] in ("-h", "--help"):
+        print(f"usage: {PROG} [--config PATH] [--help-config] [--section.key VALUE ...]\n\n{__doc__}")
+        return 0
+    cfg, _ = parse_cli(TextPretrainConfig, argv, prog=PROG)
+    try:
+        text_pretrain(cfg)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    return 0
