@@ -108,14 +108,18 @@ class DataConfig:
 
 
 class SkipCounter:
-    """Samples skipped in this process, by reason; every skip is also logged with its key."""
+    """Samples skipped in this process, by reason. Each skip is counted; each bad key is logged the first
+    time it is met (resampled shards meet the same bad sample again every pass, and one line says it all)."""
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
+        self.logged: set[str] = set()
 
     def add(self, key: str, reason: str) -> None:
         self.counts[reason] += 1
-        log.warning("skipping sample %s: %s", key, reason)
+        if key not in self.logged or key == "<shard>":
+            self.logged.add(key)
+            log.warning("skipping sample %s: %s (logged once per key; all skips are counted)", key, reason)
 
     @property
     def total(self) -> int:
@@ -123,6 +127,7 @@ class SkipCounter:
 
     def reset(self) -> None:
         self.counts.clear()
+        self.logged.clear()
 
 
 SKIPPED = SkipCounter()

@@ -307,6 +307,11 @@ def evaluate(model: Any, tokenizer: Any, cfg: EvalConfig) -> dict[str, Any]:
                               "datasets": datasets}
     if cfg.retrieval_shards is not None:
         result["retrieval"] = _retrieval(model, tokenizer, cfg)
+        if getattr(model, "caption_decoder", None) is not None:  # KeepFIT V2: BLEU-4 / ROUGE-L of greedy captions
+            from pretrain.captioning import evaluate_captions
+
+            result["captioning"] = evaluate_captions(model, tokenizer, cfg.retrieval_shards, cfg.retrieval_split,
+                                                     cfg.batch_size)
     return result
 
 
@@ -352,9 +357,12 @@ def load_run_model(run_dir: str | Path, checkpoint: str | Path | None = None,
         raise EvalInputError(f"{ckpt}: cannot load a checkpoint: {err}") from None
     text = dataclasses.replace(train_cfg.model.text, random_init=True,
                                name_or_path=resolve_text_path(train_cfg.model.text.name_or_path))
-    model_cfg = dataclasses.replace(train_cfg.model, text=text,
+    model_cfg = dataclasses.replace(train_cfg.model, text=text, init_from=None,
                                     vision=dataclasses.replace(train_cfg.model.vision, pretrained_path=None))
     model = build_model(model_cfg)
+    from pretrain.objectives import build_objective
+
+    build_objective(train_cfg.method, **train_cfg.objective).attach(model)  # e.g. KeepFIT V2's caption decoder
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise EvalInputError(f"{ckpt}: checkpoint does not match {config_path}: missing {list(missing)[:5]}, "
@@ -400,6 +408,9 @@ def format_table(metrics: dict[str, Any]) -> str:
         r = metrics["retrieval"]
         lines.append(f"retrieval ({r['n']} pairs): " + "  ".join(
             f"{d}_R@{k} {_fmt(r[f'{d}_R@{k}'])}" for d in ("i2t", "t2i") for k in (1, 5, 10)))
+    if "captioning" in metrics:
+        c = metrics["captioning"]
+        lines.append(f"captioning ({c['n']} images): BLEU-4 {_fmt(c['bleu4'])}  ROUGE-L {_fmt(c['rouge_l'])}")
     return "\n".join(lines)
 
 

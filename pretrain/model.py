@@ -74,6 +74,9 @@ class TextConfig:
     config_overrides names a model_type, that architecture's defaults plus the overrides."""
     config_overrides: dict[str, Any] = field(default_factory=dict)
     """Config attributes to override (e.g. {hidden_size: 32, num_hidden_layers: 2} for a tiny random BERT)."""
+    freeze: bool = False
+    """Keep the text encoder's weights fixed (a locked pretrained text tower, as in LiT); its projection still
+    trains. FLAIR and KeepFIT train it; the CPU demo locks it so its few minutes go to the image tower."""
 
 
 @dataclass
@@ -209,6 +212,8 @@ def build_text_tower(cfg: TextConfig) -> TextTower:
         model.pooler = None
     if cfg.grad_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.freeze:
+        model.requires_grad_(False)  # the optimizer's param groups skip parameters without gradients
     return TextTower(model)
 
 

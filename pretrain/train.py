@@ -158,7 +158,7 @@ def train(cfg: TrainConfig, on_checkpoint: CheckpointHook | None = None) -> dict
     every rank after each complete checkpoint (a cluster launcher reports it to its scheduler)."""
     init_distributed_env()
     rank, world_size = _rank_world()
-    _seed_everything(cfg.run.seed + rank)
+    _seed_everything(cfg.run.seed)  # the same initial weights on every rank (ZeRO-3 builds its partitions locally)
     run_dir = Path(cfg.run.dir)
 
     model_cfg = dataclasses.replace(
@@ -172,6 +172,7 @@ def train(cfg: TrainConfig, on_checkpoint: CheckpointHook | None = None) -> dict
     engine_cfg = dataclasses.replace(cfg.engine, micro_batch_size=cfg.data.batch_size,
                                      total_steps=cfg.engine.total_steps or cfg.run.steps)
     engine, optimizer, _ = build_engine(model, engine_cfg)
+    _seed_everything(cfg.run.seed + rank)  # from here on (dropout, augmentation) each rank draws its own numbers
     save_run_config(run_dir, cfg)
 
     state = load_checkpoint(engine, run_dir, cfg.run.resume)

@@ -405,6 +405,18 @@ def export_text_only(fill_dir: Path, state_dict: dict[str, torch.Tensor], text_c
                           {"note": "FLAIR head: normalize(W @ normalize(last_hidden_state[:, 0]))"})
 
 
+TRAINING_ONLY = ("revision_attention.", "momentum_encoder.", "feature_queue.")
+
+
+def _objective_decoder_heads(raw: dict[str, Any]) -> int | None:
+    """The caption decoder's head count as the run's objective built it (KeepFIT V2's decoder_heads)."""
+    if not raw.get("method"):
+        return None
+    from pretrain.objectives import build_objective
+
+    return getattr(build_objective(raw["method"], **(raw.get("objective") or {})), "decoder_heads", None)
+
+
 def export_hf(checkpoint: str | Path, out: str | Path, *, config: str | Path | None = None,
               eval_results: str | Path | None = None, caption_decoder_heads: int | None = None,
               overwrite: bool = False, verify: bool = True, mode: str = "full") -> Path:
@@ -426,8 +438,10 @@ def export_hf(checkpoint: str | Path, out: str | Path, *, config: str | Path | N
         raise ExportError(f"{config_path}: {err}") from err
     cfg = _resolve_text(cfg)
     results = json.loads(Path(eval_results).read_text(encoding="utf-8")) if eval_results else None
-    state_dict = load_model_state_dict(tag_dir)
-    heads = caption_decoder_heads or (decoder_raw or {}).get("num_heads")
+    # Training-only parts of a method (KeepFIT V1's revision attention, ViLReF's momentum encoders and queues)
+    # are not part of the released model.
+    state_dict = {k: v for k, v in load_model_state_dict(tag_dir).items() if not k.startswith(TRAINING_ONLY)}
+    heads = caption_decoder_heads or (decoder_raw or {}).get("num_heads") or _objective_decoder_heads(raw)
     decoder = caption_decoder_config(state_dict, heads)
     hf_config = build_hf_config(cfg, decoder)
 

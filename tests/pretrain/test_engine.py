@@ -217,8 +217,9 @@ def test_two_processes_zero_trains_and_skips_nan_on_one_rank(tmp_path, stage):
 
 
 @pytest.mark.multiproc
-def test_two_processes_zero2_resume_is_exact(tmp_path):
-    _check_resume(_spawn(tmp_path, "resume2", world=2))
+@pytest.mark.parametrize("stage", [2, 3])
+def test_two_processes_resume_is_exact(tmp_path, stage):
+    _check_resume(_spawn(tmp_path, f"resume{stage}", world=2))
 
 
 @pytest.mark.parametrize("stage", [0, 3])

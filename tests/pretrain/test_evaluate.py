@@ -18,7 +18,7 @@ from pretrain.evaluate import DR_GRADES, EvalConfig, class_order, class_prompts,
 from shards.knowledge import load_knowledge
 
 REPO = Path(__file__).resolve().parents[2]
-DEMO_YAML = REPO / "pretrain" / "configs" / "demo_cpu.yaml"
+DEMO_YAML = REPO / "pretrain" / "configs" / "tiny_cpu.yaml"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "2"}
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -301,7 +301,7 @@ def test_import_hf_config_initialises_training_model(export2, run2, tmp_path):
 
     cfg_path = tmp_path / "ft.yaml"
     assert cli_main([str(export2), "--out", str(cfg_path), "--base",
-                     str(REPO / "pretrain" / "configs" / "demo_cpu.yaml")]) == 0
+                     str(REPO / "pretrain" / "configs" / "tiny_cpu.yaml")]) == 0
     cfg = load_config(TrainConfig, cfg_path)
     assert cfg.model.init_from == str(export2) and cfg.method == "flair"  # --base sections kept
     assert cfg.data.image_size == 64 and cfg.model.text.max_len == 32
