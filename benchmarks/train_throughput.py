@@ -143,7 +143,8 @@ def run_cpu(args: argparse.Namespace) -> dict:
 
     times = _timed_rounds({"plain": plain_step, "retinascale": ours_step}, args.warmup, args.steps, args.rounds,
                           sync=lambda: None)
-    return {"benchmark": "train_throughput", "mode": "cpu", "config": str(args.config), "batch": cfg.data.batch_size,
+    config_name = args.config.resolve().relative_to(REPO) if args.config.resolve().is_relative_to(REPO) else args.config
+    return {"benchmark": "train_throughput", "mode": "cpu", "config": str(config_name), "batch": cfg.data.batch_size,
             "image_size": cfg.data.image_size, "data_workers": cfg.data.workers, "method": cfg.method,
             "variants": _summary(times, cfg.data.batch_size, "plain"),
             "notes": "both variants read the same shards with the same loader settings; data loading is timed"}

@@ -18,10 +18,9 @@ from typing import Any
 
 from cluster.ray_util import connect
 from shards import index as shard_index
-from shards.build import (BuildConfig, ShardTask, _log_summary, finish_shard, plan_build, prepare_samples,
+from shards.build import (BuildConfig, ShardTask, finish_build, finish_shard, plan_build, prepare_samples,
                           remove_stale, reusable_marker)
 from shards.images import ImageOptions
-from shards.knowledge import load_knowledge
 
 __all__ = ["build_range", "build_with_ray", "split_ranges"]
 
@@ -74,12 +73,4 @@ def build_with_ray(cfg: BuildConfig, tasks: int | None = None, address: str | No
     shards = [by_name[t.name] for t in plan.tasks]
     log.info("built %d shards with %d Ray tasks", len(shards), len(refs))
 
-    # The tail of shards.build.build, unchanged, so index.json and the reject logs are the local builder's.
-    rejects = plan.rejects + [r for s in shards for r in s["rejects"]]
-    index = shard_index.make_index(cfg.as_json(), plan.sources, shards, plan.rows_read, rejects,
-                                   plan.duplicates, load_knowledge().vocabulary)
-    shard_index.write_jsonl_atomic(cfg.out / "rejects.jsonl", rejects)
-    shard_index.write_jsonl_atomic(cfg.out / "duplicates.jsonl", plan.duplicates)
-    shard_index.write_json_atomic(cfg.out / "index.json", index)
-    _log_summary(index, rejects)
-    return index
+    return finish_build(cfg, plan, shards)  # the local builder's tail: the same index.json and reject logs

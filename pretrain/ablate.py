@@ -39,7 +39,8 @@ METHOD_CONFIGS: dict[str, tuple[str, list[str]]] = {
     "vilref": ("vilref_cpu.yaml", []),
 }
 COLUMNS = (("zs_aca", "ZS ACA"), ("zs_auc", "ZS AUC"), ("lp_aca", "LP ACA"), ("lp_auc", "LP AUC"),
-           ("i2t_R@1", "i2t R@1"), ("i2t_R@5", "i2t R@5"), ("t2i_R@1", "t2i R@1"), ("t2i_R@5", "t2i R@5"))
+           ("i2t_R@1", "i2t R@1"), ("i2t_R@5", "i2t R@5"), ("t2i_R@1", "t2i R@1"), ("t2i_R@5", "t2i R@5"),
+           ("bleu4", "BLEU-4"), ("rouge_l", "ROUGE-L"))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -117,6 +118,9 @@ def summarise(metrics: dict[str, Any]) -> dict[str, float]:
     retrieval = metrics.get("retrieval") or {}
     for key in ("i2t_R@1", "i2t_R@5", "t2i_R@1", "t2i_R@5"):
         row[key] = float(retrieval.get(key, float("nan")))
+    captioning = metrics.get("captioning") or {}  # only methods with a caption decoder (keepfit_v2)
+    for key in ("bleu4", "rouge_l"):
+        row[key] = float(captioning.get(key, float("nan")))
     return row
 
 
@@ -131,8 +135,8 @@ def markdown(rows: dict[str, dict[str, float]], notes: list[str], command: str, 
              f"Budget per method: {args.steps} steps x {args.batch_size} samples (3/4 public, 1/4 elite), "
              f"lr {args.lr}, seed {args.seed}, ZeRO-{args.zero_stage}, demo CPU model at {args.image_size} px. "
              "ZS / LP: zero-shot and linear-probe balanced accuracy (ACA) and AUC, averaged over the evaluation "
-             "datasets; retrieval on the elite val split. Caption scores: not reported (evaluate has no "
-             "captioning metric yet).", "",
+             "datasets; retrieval on the elite val split; BLEU-4 / ROUGE-L of greedy captions of the elite val "
+             "images (methods with a caption decoder).", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, row in rows.items():
         lines.append("| " + " | ".join([method, *(_fmt(row.get(key)) for key, _ in COLUMNS),

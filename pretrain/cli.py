@@ -1,13 +1,11 @@
-"""`retina-pretrain` (also `python -m pretrain`): training, evaluation and HF export.
+"""`retina-pretrain` (also `python -m pretrain`): training, evaluation, methods, HF export.
 
     retina-pretrain train --config pretrain/configs/demo_cpu.yaml [--run.steps 20 --engine.lr 3e-4 ...]
     retina-pretrain train --help-config          # every dotted key with its type, default and help
-    retina-pretrain eval --help
-    retina-pretrain export-hf --help / import-hf --help
+    retina-pretrain eval | text-pretrain | ablate | export-hf | import-hf --help
 
 Each command lives in its own module as `cli_main(argv) -> exit status` (COMMANDS below), imported only when
-run, so `--help` stays fast and a command's heavy imports never slow another. A command listed in PLANNED exists
-and says that it is not implemented yet, with exit status 2.
+run, so `--help` stays fast and a command's heavy imports never slow another.
 """
 
 from __future__ import annotations
@@ -29,7 +27,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "text-pretrain": ("pretrain.text_pretrain", "KeepFIT V2 stage 1: masked-language pretraining of the text tower"),
     "ablate": ("pretrain.ablate", "train and evaluate every method on the same budget; comparison table + plot"),
 }
-PLANNED: dict[str, str] = {}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,8 +34,6 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
-    for name, issue in PLANNED.items():
-        sub.add_parser(name, help=f"not implemented yet ({issue})", add_help=False)
     return parser
 
 
@@ -60,9 +55,6 @@ def _strip_local_rank(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     argv = _strip_local_rank(list(sys.argv[1:] if argv is None else argv))
     args, rest = _parser().parse_known_args(argv)
-    if args.command in PLANNED:
-        print(f"{PROG} {args.command}: not implemented yet ({PLANNED[args.command]})", file=sys.stderr)
-        return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     module = importlib.import_module(COMMANDS[args.command][0])
     return int(module.cli_main(rest) or 0)

@@ -192,9 +192,12 @@ def _text_config(cfg: TextConfig, overrides: dict[str, Any]) -> Any:
     return AutoConfig.from_pretrained(cfg.name_or_path, **overrides)
 
 
-def build_text_tower(cfg: TextConfig) -> TextTower:
+def load_text_model(cfg: TextConfig, auto_class: Any = None) -> nn.Module:
+    """The transformers model of a TextConfig (AutoModel, or e.g. AutoModelForMaskedLM for KeepFIT V2's stage 1):
+    random init from the config or pretrained weights, config overrides, and our attention when asked."""
     from transformers import AutoModel
 
+    auto_class = auto_class or AutoModel
     overrides = dict(cfg.config_overrides)
     kwargs: dict[str, Any] = {}
     if cfg.attention_backend is not None:
@@ -204,14 +207,19 @@ def build_text_tower(cfg: TextConfig) -> TextTower:
         overrides["attention_probs_dropout_prob"] = 0.0  # the kernel has no attention-probability dropout
     config = _text_config(cfg, overrides)
     if cfg.random_init:
-        model = AutoModel.from_config(config, **kwargs)
+        model = auto_class.from_config(config, **kwargs)
     else:
-        model = AutoModel.from_pretrained(cfg.name_or_path, config=config, **kwargs)
+        model = auto_class.from_pretrained(cfg.name_or_path, config=config, **kwargs)
+    if cfg.grad_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def build_text_tower(cfg: TextConfig) -> TextTower:
+    model = load_text_model(cfg)
     if getattr(model, "pooler", None) is not None:
         # [CLS] pooling ignores the pooler; unused parameters would break DDP/ZeRO gradient bookkeeping.
         model.pooler = None
-    if cfg.grad_checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if cfg.freeze:
         model.requires_grad_(False)  # the optimizer's param groups skip parameters without gradients
     return TextTower(model)

@@ -204,23 +204,9 @@ def build_mlm_model(cfg: TextConfig) -> torch.nn.Module:
     """A transformers masked-LM model for the text tower config (same config rules as pretrain.model)."""
     from transformers import AutoModelForMaskedLM
 
-    from pretrain.model import _text_config
+    from pretrain.model import load_text_model
 
-    overrides = dict(cfg.config_overrides)
-    kwargs: dict[str, Any] = {}
-    if cfg.attention_backend is not None:
-        from kernels.attention.integrations import register_transformers_attention
-
-        kwargs["attn_implementation"] = register_transformers_attention(backend=cfg.attention_backend)
-        overrides["attention_probs_dropout_prob"] = 0.0  # the kernel has no attention-probability dropout
-    config = _text_config(cfg, overrides)
-    if cfg.random_init:
-        model = AutoModelForMaskedLM.from_config(config, **kwargs)
-    else:
-        model = AutoModelForMaskedLM.from_pretrained(cfg.name_or_path, config=config, **kwargs)
-    if cfg.grad_checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    return MaskedLM(model)
+    return MaskedLM(load_text_model(cfg, AutoModelForMaskedLM))
 
 
 class MaskedLM(torch.nn.Module):

@@ -375,6 +375,12 @@ def build(cfg: BuildConfig) -> dict:
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
+    return finish_build(cfg, plan, shards)
+
+
+def finish_build(cfg: BuildConfig, plan: Plan, shards: list[dict]) -> dict:
+    """index.json, rejects.jsonl and duplicates.jsonl from the plan and the written shards' markers (in plan
+    order); shared by the local builder and cluster.shards_job, so both write the same files."""
     rejects = plan.rejects + [r for s in shards for r in s["rejects"]]
     index = shard_index.make_index(cfg.as_json(), plan.sources, shards, plan.rows_read, rejects,
                                    plan.duplicates, load_knowledge().vocabulary)
