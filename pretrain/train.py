@@ -169,8 +169,13 @@ def train(cfg: TrainConfig, on_checkpoint: CheckpointHook | None = None) -> dict
     model = build_model(model_cfg)
     objective = build_objective(cfg.method, **cfg.objective)
     objective.attach(model)
-    engine_cfg = dataclasses.replace(cfg.engine, micro_batch_size=cfg.data.batch_size,
-                                     total_steps=cfg.engine.total_steps or cfg.run.steps)
+    total_steps = cfg.engine.total_steps or cfg.run.steps
+    warmup_steps = min(cfg.engine.warmup_steps, total_steps)
+    if warmup_steps < cfg.engine.warmup_steps:  # e.g. a short smoke run (--run.steps 6) of a long config
+        log.warning("engine.warmup_steps %d exceeds the %d steps of the schedule; warming up for %d",
+                    cfg.engine.warmup_steps, total_steps, warmup_steps)
+    engine_cfg = dataclasses.replace(cfg.engine, micro_batch_size=cfg.data.batch_size, total_steps=total_steps,
+                                     warmup_steps=warmup_steps)
     engine, optimizer, _ = build_engine(model, engine_cfg)
     _seed_everything(cfg.run.seed + rank)  # from here on (dropout, augmentation) each rank draws its own numbers
     save_run_config(run_dir, cfg)
