@@ -158,14 +158,21 @@ def _l2_normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norm, 1e-12)
 
 
+# Cosines closer than this tie: far above float64 rounding of a dot product (~1e-16 x D), far below any
+# difference a retrieval metric should resolve.
+TIE_TOLERANCE = 1e-9
+
+
 def _recall_from_similarity(sim: np.ndarray, ks: Sequence[int]) -> dict[int, float]:
     """R@K for queries in rows whose true match is the diagonal entry.
 
-    rank_i = #{j != i : sim[i, j] >= sim[i, i]}: ties count against the true item, so a constant
-    similarity puts the true item last. Query i is a hit at K when rank_i < K.
+    rank_i = #{j != i : sim[i, j] >= sim[i, i] - TIE_TOLERANCE}: ties count against the true item, so a
+    constant similarity puts the true item last. Ties are decided within a tolerance, not bit for bit:
+    the cosines of identical vectors differ in their last bits with the BLAS summation order.
+    Query i is a hit at K when rank_i < K.
     """
     true = np.diag(sim)[:, None]
-    ahead = (sim >= true).sum(axis=1) - 1  # minus the true item itself
+    ahead = (sim >= true - TIE_TOLERANCE).sum(axis=1) - 1  # minus the true item itself
     return {k: float((ahead < k).mean()) for k in ks}
 
 
