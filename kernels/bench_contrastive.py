@@ -119,8 +119,8 @@ def available_providers(requested: list[str], device: torch.device) -> tuple[lis
         skipped["triton"] = "needs CUDA"
     elif "triton" in requested and importlib.util.find_spec("triton") is None:
         skipped["triton"] = "triton is not installed"
-    elif "triton" in requested and importlib.util.find_spec("kernels.contrastive.triton_direction") is None:
-        skipped["triton"] = "kernels.contrastive.triton_direction is missing"
+    elif "triton" in requested and importlib.util.find_spec("kernels.contrastive.triton_stripe") is None:
+        skipped["triton"] = "kernels.contrastive.triton_stripe is missing"
     return [p for p in requested if p not in skipped], skipped
 
 

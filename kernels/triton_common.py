@@ -25,3 +25,16 @@ def mm(a, b, FP32_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     else:  # 16-bit operands: native MMA, fp32 accumulator
         out = tl.dot(a, b)
     return out
+
+
+@triton.jit
+def mm_acc(a, b, acc, FP32_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """acc + a @ b with an fp32 accumulator (the form the pipeliner and Hopper's wgmma take best)."""
+    if UPCAST:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    if a.dtype == tl.float32:
+        acc = tl.dot(a, b, acc, input_precision=FP32_PRECISION)
+    else:
+        acc = tl.dot(a, b, acc)
+    return acc

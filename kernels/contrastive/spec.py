@@ -60,6 +60,9 @@ class LabelCodes:
     def __len__(self) -> int:
         return self.words.shape[0]
 
+    def rows(self, index: slice) -> "LabelCodes":
+        return LabelCodes(self.kind, self.words[index], self.popcount[index])
+
     def cat(self, other: "LabelCodes") -> "LabelCodes":
         if other.kind != self.kind or other.words.shape[1] != self.words.shape[1]:
             raise ValueError("queue labels must have the same kind and width as the batch labels")
@@ -78,6 +81,12 @@ def pack_multi_hot(multi_hot: torch.Tensor) -> torch.Tensor:
     shifts = torch.arange(32, dtype=torch.int64, device=bits.device)
     packed = (padded.view(batch, words, 32) << shifts).sum(-1)  # 0 .. 2**32-1
     return torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
+
+
+def unpack_multi_hot(words: torch.Tensor) -> torch.Tensor:
+    """(B, W) int32 bit words -> (B, 32 W) 0/1 int64, the inverse of `pack_multi_hot` (padded classes are 0)."""
+    shifts = torch.arange(32, device=words.device, dtype=torch.int64)
+    return ((words.to(torch.int64)[:, :, None] >> shifts) & 1).reshape(words.shape[0], -1)
 
 
 def _popcount32(words: torch.Tensor) -> torch.Tensor:

@@ -102,3 +102,19 @@ def test_default_backend_follows_device_and_size():
     assert resolve_backend(None, cuda, pairs=256 * 2048) == "eager"
     assert resolve_backend(None, cuda, pairs=EAGER_MAX_PAIRS + 1) == "triton"
     assert resolve_backend("chunked", cuda, pairs=1) == "chunked"
+
+
+def test_queue_updated_in_place_before_backward():
+    """ViLReF enqueues the new batch into its queue between the loss and the backward: the loss keeps the
+    queue as it was when the loss was computed."""
+    p = make_problem("jaccard", 29, 24, seed=4, queue=7)
+    queues = {k: p.kwargs[k].clone() for k in ("image_queue", "text_queue")}
+    ours = contrastive_loss(p.image, p.text, p.scale, labels=p.labels, chunk_size=8, **p.kwargs)
+    for name in queues:
+        p.kwargs[name].mul_(-1.0)  # the caller's in-place update
+    got = grads(ours, p.leaves())
+    ref = reference_contrastive_loss(p.image, p.text, p.scale, labels=p.labels.long(),
+                                     **(reference_kwargs(p) | queues))
+    torch.testing.assert_close(ours.double(), ref, atol=2e-5, rtol=1e-5)
+    for mine, theirs in zip(got, grads(ref, p.leaves())):
+        torch.testing.assert_close(mine.double(), theirs.double(), atol=2e-5, rtol=1e-4)

@@ -19,13 +19,9 @@ CUDA = torch.cuda.is_available()
 if not CUDA and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("the triton backend needs CUDA or TRITON_INTERPRET=1 set before import", allow_module_level=True)
 
-from kernels.contrastive.chunked import chunked_direction  # noqa: E402
+from kernels.contrastive.chunked import chunked_stripe  # noqa: E402
 from kernels.contrastive.spec import label_codes, pair_rules  # noqa: E402
-from kernels.contrastive.triton_direction import (  # noqa: E402
-    contrastive_backward,
-    contrastive_forward,
-    triton_direction,
-)
+from kernels.contrastive.triton_stripe import stripe_backward, stripe_forward, triton_stripe  # noqa: E402
 
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 ATOL, RTOL = 1e-5, 1e-4
@@ -151,69 +147,73 @@ def test_identity_equals_open_clip():
         torch.testing.assert_close(grad, ref_grad, atol=ATOL, rtol=RTOL)
 
 
-def _direction_problem(seed: int = 5):
-    """One direction with labels (two bit words, jaccard, exclusion, label positives) and a queue."""
+def _stripe_problem(seed: int = 5, m: int = 37, n: int = 45, dim: int = 40, offset: int | None = 4):
+    """Rows against keys with labels (two bit words, jaccard, exclusion, label positives)."""
     gen = torch.Generator().manual_seed(seed)
-    m, n_grad, queue, dim = 37, 45, 11, 40
-    q, k, qu = _emb(gen, m, dim), _emb(gen, n_grad, dim), _emb(gen, queue, dim).detach()
-    key_hot = _multi_hot(gen, n_grad + queue)
-    rows = label_codes(pack_multi_hot(key_hot[4:4 + m]))
-    keys = label_codes(pack_multi_hot(key_hot))
+    q, k = _emb(gen, m, dim), _emb(gen, n, dim)
+    hot = _multi_hot(gen, n + m)  # rows share the keys' labels at the offset, else draw their own (queues)
+    start = n if offset is None else offset
+    rows = label_codes(pack_multi_hot(hot[start:start + m]))
+    keys = label_codes(pack_multi_hot(hot[:n]))
     opts = LossOptions("labels", exclude_false_negatives=True, weighting="jaccard", alpha=0.6)
-    return q, k, qu, _scale(), rows, keys, 4, opts
+    return q, k, _scale(), rows, keys, offset, opts
 
 
-def test_launchers_write_every_output_element():
-    """NaN-poisoned outputs: every element written, and equal to the chunked path's values."""
-    q, k, queue, scale, rows, keys, offset, opts = _direction_problem()
-    all_keys = torch.cat([k, queue]).detach()
-    m, n_grad, dim = q.shape[0], k.shape[0], q.shape[1]
+def _dense_lse(q, k, scale, rows, keys, offset, opts):
+    """float64 row and column log-sum-exps of the weighted similarities, from the pair rules."""
+    i = torch.arange(q.shape[0], device=DEVICE)[:, None]
+    j = torch.arange(k.shape[0], device=DEVICE)[None, :]
+    _, weight = pair_rules(i, j, k.shape[0] if offset is None else offset, rows, keys, opts)
+    s = (scale * (q @ k.T)).detach().double() + weight.double().log()
+    return torch.logsumexp(s, dim=1), torch.logsumexp(s, dim=0)
+
+
+@pytest.mark.parametrize("m, n, dim, offset", [(37, 45, 40, 4), (37, 29, 70, None), (32, 48, 32, 16)])
+def test_launchers_write_every_output_element(m, n, dim, offset):
+    """NaN-poisoned outputs and dS buffer: every element written; values equal the float64 dense ones.
+    Sizes: masked tiles with D = 40 and 70 (several D chunks, the last partial) and full tiles (no masks)."""
+    q, k, scale, rows, keys, offset, opts = _stripe_problem(m=m, n=n, dim=dim, offset=offset)
+    q, k = q.detach(), k.detach()
     nan = dict(dtype=torch.float32, device=DEVICE)
-    lse, row_loss, count = (torch.full((m,), math.nan, **nan) for _ in range(3))
-    out = contrastive_forward(q.detach(), all_keys, scale, rows, keys, offset, opts, lse=lse, row_loss=row_loss,
-                              count=count, block_m=16, block_n=16)
-    assert out[0] is row_loss and out[1] is lse and out[2] is count
-    assert not any(t.isnan().any() for t in out)
+    row_lse, parts = torch.full((m,), math.nan, **nan), torch.full((math.ceil(m / 16), n), math.nan, **nan)
+    out_row, col_lse = stripe_forward(q, k, scale, rows, keys, offset, opts, True, row_lse=row_lse, parts=parts)
+    assert out_row is row_lse and not (row_lse.isnan().any() or parts.isnan().any())
+    ref_row, ref_col = _dense_lse(q, k, scale, rows, keys, offset, opts)
+    torch.testing.assert_close(row_lse.double(), ref_row, atol=ATOL, rtol=RTOL)
+    torch.testing.assert_close(col_lse.double(), ref_col, atol=ATOL, rtol=RTOL)
 
-    # per-row values from the same pair rules the chunked path uses
+    # backward of a_i row_lse_i + b_j col_lse_j, three dS chunks of 16 rows
+    gen = torch.Generator().manual_seed(m + n)
+    a, b = torch.rand(m, generator=gen).to(DEVICE), torch.rand(n, generator=gen).to(DEVICE)
+    ds = torch.full((16, n), math.nan, **nan)
+    dq, dk, dscale = stripe_backward(q, k, scale, row_lse, col_lse, a, b, rows, keys, offset, opts, ds=ds)
+    assert not (dq.isnan().any() or dk.isnan().any() or dscale.isnan())
+    leaves = [q.double().requires_grad_(), k.double().requires_grad_(), scale.detach().double().requires_grad_()]
     i = torch.arange(m, device=DEVICE)[:, None]
-    j = torch.arange(all_keys.shape[0], device=DEVICE)[None, :]
-    positive, weight = pair_rules(i, j, offset, rows, keys, opts)
-    s = (scale * (q @ all_keys.T)).detach().double()
-    ref_lse = torch.logsumexp(s + weight.double().log(), dim=1)
-    ref_count = positive.sum(1).double()
-    torch.testing.assert_close(lse.double(), ref_lse, atol=ATOL, rtol=RTOL)
-    torch.testing.assert_close(count.double(), ref_count)
-    torch.testing.assert_close(row_loss.double(), ref_lse - (s * positive).sum(1) / ref_count, atol=ATOL, rtol=RTOL)
-
-    grad = torch.tensor(1.7, device=DEVICE)
-    dq, dk = torch.full((m, dim), math.nan, **nan), torch.full((n_grad, dim), math.nan, **nan)
-    partials = torch.full((math.ceil(m / 16),), math.nan, **nan)
-    dq_out, dk_out, dscale = contrastive_backward(grad, q.detach(), all_keys, n_grad, scale, lse, count, rows, keys,
-                                                  offset, opts, dq=dq, dk=dk, dscale_partials=partials,
-                                                  block_m=16, block_n=16)
-    assert dq_out is dq and dk_out is dk
-    assert not (dq.isnan().any() or dk.isnan().any() or partials.isnan().any())
-
-    chunked = chunked_direction(q, k, queue, scale, rows, keys, offset, opts, 16) * grad
-    ref_dq, ref_dk, ref_dscale = torch.autograd.grad(chunked, [q, k, scale])
-    torch.testing.assert_close(row_loss.mean() * grad, chunked.detach(), atol=ATOL, rtol=RTOL)
-    torch.testing.assert_close(dq, ref_dq, atol=ATOL, rtol=RTOL)
-    torch.testing.assert_close(dk, ref_dk, atol=ATOL, rtol=RTOL)
-    torch.testing.assert_close(dscale, ref_dscale, atol=ATOL, rtol=RTOL)
+    j = torch.arange(n, device=DEVICE)[None, :]
+    _, weight = pair_rules(i, j, n if offset is None else offset, rows, keys, opts)
+    s = leaves[2] * (leaves[0] @ leaves[1].T) + weight.double().log()
+    objective = (a.double() * torch.logsumexp(s, 1)).sum() + (b.double() * torch.logsumexp(s, 0)).sum()
+    for mine, ref in zip((dq, dk, dscale), torch.autograd.grad(objective, leaves)):
+        torch.testing.assert_close(mine.double(), ref, atol=ATOL, rtol=RTOL)
 
 
-def test_direction_matches_chunked_and_respects_needs_input_grad():
-    q, k, queue, scale, rows, keys, offset, opts = _direction_problem(seed=6)
-    loss = triton_direction(q, k, queue, scale, rows, keys, offset, opts)
-    ref = chunked_direction(q, k, queue, scale, rows, keys, offset, opts)
-    torch.testing.assert_close(loss, ref, atol=ATOL, rtol=RTOL)
-    for grad, ref_grad in zip(torch.autograd.grad(loss, [q, k, scale]), torch.autograd.grad(ref, [q, k, scale])):
+def test_stripe_matches_chunked_and_respects_needs_input_grad():
+    q, k, scale, rows, keys, offset, opts = _stripe_problem(seed=6)
+    gen = torch.Generator().manual_seed(60)
+    a, b = torch.rand(q.shape[0], generator=gen).to(DEVICE), torch.rand(k.shape[0], generator=gen).to(DEVICE)
+
+    def objective(stripe, q, k, scale):
+        row_lse, col_lse = stripe(q, k, scale, rows, keys, offset, opts, True)
+        return (a * row_lse).sum() + (b * col_lse).sum()
+
+    ours, ref = objective(triton_stripe, q, k, scale), objective(chunked_stripe, q, k, scale)
+    torch.testing.assert_close(ours, ref, atol=ATOL, rtol=RTOL)
+    for grad, ref_grad in zip(torch.autograd.grad(ours, [q, k, scale]), torch.autograd.grad(ref, [q, k, scale])):
         torch.testing.assert_close(grad, ref_grad, atol=ATOL, rtol=RTOL)
-    # only the keys need a gradient: the row-block kernel is skipped, the answer is unchanged
-    (dk,) = torch.autograd.grad(triton_direction(q.detach(), k, queue, scale.detach(), rows, keys, offset, opts), [k])
-    (ref_dk,) = torch.autograd.grad(chunked_direction(q.detach(), k, queue, scale.detach(), rows, keys, offset, opts),
-                                    [k])
+    # only the keys need a gradient: no dq GEMM, the answer is unchanged
+    (dk,) = torch.autograd.grad(objective(triton_stripe, q.detach(), k, scale.detach()), [k])
+    (ref_dk,) = torch.autograd.grad(objective(chunked_stripe, q.detach(), k, scale.detach()), [k])
     torch.testing.assert_close(dk, ref_dk, atol=ATOL, rtol=RTOL)
 
 
@@ -230,9 +230,11 @@ def test_every_negative_excluded_is_zero_not_nan(kind):
     for grad in grads:
         assert torch.isfinite(grad).all() and grad.abs().max().item() <= 1e-6
     codes = label_codes(labels if kind == "class" else pack_multi_hot(labels))
-    row_loss, lse, count = contrastive_forward(image.detach(), text.detach(), scale, codes, codes, 0,
-                                               LossOptions(exclude_false_negatives=True))
-    assert row_loss.abs().max().item() <= 1e-6 and torch.equal(count, torch.ones_like(count))
+    row_lse, col_lse = stripe_forward(image.detach(), text.detach(), scale, codes, codes, 0,
+                                      LossOptions(exclude_false_negatives=True), True)
+    true_pairs = scale.detach() * (image * text).sum(1).detach()  # the only pair each row and column keeps
+    torch.testing.assert_close(row_lse, true_pairs, atol=ATOL, rtol=RTOL)
+    torch.testing.assert_close(col_lse, true_pairs, atol=ATOL, rtol=RTOL)
 
 
 @pytest.mark.parametrize("case", ["identity", "jaccard_exclude"])
