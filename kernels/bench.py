@@ -2,6 +2,7 @@
 
     retina-bench contrastive [--quick] [--batch 1024 2048] [--dim 512] ...   # see `retina-bench contrastive -h`
     retina-bench attention [--quick] [--shapes vit_b16_224] [--providers sdpa]  # see `retina-bench attention -h`
+    retina-bench resources [--families contrastive attention]  # compile-only sm_90a report, no GPU needed
 
 Each benchmark owns its flags (and its `-h`); this module only dispatches to it.
 """
@@ -14,6 +15,7 @@ import sys
 BENCHMARKS = {
     "contrastive": "symmetric CLIP loss: triton / chunked / eager / open_clip, time and peak memory",
     "attention": "multi-head attention: triton / sdpa / xformers / eager on ViT, text and decoder shapes",
+    "resources": "registers, spills, shared memory and wgmma of every Triton kernel config, compiled for sm_90a",
 }
 
 
@@ -33,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
         from kernels import bench_contrastive
 
         return bench_contrastive.main(rest)
+    if args.benchmark == "resources":
+        from kernels import resources
+
+        return resources.main(rest)
     from kernels import bench_attention
 
     return bench_attention.main(rest)

@@ -32,7 +32,9 @@ from kernels.triton_common import interpreting as _interpreting
 from kernels.triton_common import mm_acc as _mm_acc
 
 LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
+# the kernels read globals only as constexprs
+LOG2E_K = tl.constexpr(LOG2E)
+LN2_K = tl.constexpr(0.6931471805599453)
 _LABEL_KIND = {None: 0, "class": 1, "bits": 2}
 _WEIGHTING = {None: 0, "jaccard": 1, "cosine": 2}
 # fp32 inputs use exact fp32 products: tf32 would put ~1e-3 relative error on logits that the scale
@@ -130,7 +132,7 @@ def _stripe_fwd_kernel(
     pid = tl.program_id(0)
     offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
-    scale2 = tl.load(scale_ptr).to(tl.float32) * LOG2E  # s in log2 units: exp2 is the native instruction
+    scale2 = tl.load(scale_ptr).to(tl.float32) * LOG2E_K  # s in log2 units: exp2 is the native instruction
     m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)  # running max of the kept s2
     l_i = tl.zeros((BLOCK_M,), tl.float32)  # running sum of w 2^(s2 - m_i)
     for start_n in range(0, N, BLOCK_N):
@@ -156,9 +158,9 @@ def _stripe_fwd_kernel(
             pc = tl.exp2(s2 - c_shift[None, :])
             if WEIGHTING != 0:
                 pc = pc * weight
-            tl.store(col_part_ptr + pid * stride_part + offs_n, (c_shift + tl.log2(tl.sum(pc, 0))) * LN2,
+            tl.store(col_part_ptr + pid * stride_part + offs_n, (c_shift + tl.log2(tl.sum(pc, 0))) * LN2_K,
                      mask=mask_n)
-    tl.store(row_lse_ptr + offs_m, (m_i + tl.log2(l_i)) * LN2, mask=mask_m)
+    tl.store(row_lse_ptr + offs_m, (m_i + tl.log2(l_i)) * LN2_K, mask=mask_m)
 
 
 @triton.jit
@@ -184,7 +186,7 @@ def _stripe_ds_kernel(
     scale = tl.load(scale_ptr).to(tl.float32)
     dot = _scores(q_ptr, k_ptr, offs_m, offs_n, mask_m, mask_n, stride_qm, stride_kn, D,
                   BLOCK_M, BLOCK_N, BLOCK_D, EVEN, FP32_PRECISION, UPCAST)
-    s2 = dot * (scale * LOG2E)
+    s2 = dot * (scale * LOG2E_K)
     keep, weight = _pair_rules(offs_m, offs_n, mask_m, mask_n, row_ids_ptr, key_ids_ptr, row_hot_ptr, key_hot_ptr,
                                row_pop_ptr, key_pop_ptr, stride_hot, offset, alpha,
                                BLOCK_M, BLOCK_N, BLOCK_C, LABEL_KIND, POSITIVES_LABELS, EXCLUDE, WEIGHTING)
@@ -234,8 +236,10 @@ def launch_config(kernel: str, dtype: torch.dtype, override: dict | None = None)
 
 
 def label_args(rows: LabelCodes | None, keys: LabelCodes | None, opts: LossOptions, anchor: torch.Tensor):
-    """(pointers, stride, constexpr flags) of the label rules; `anchor` fills the pointers never read."""
-    if rows is None or keys is None:
+    """(pointers, stride, constexpr flags) of the label rules; `anchor` fills the pointers never read.
+
+    Only weighting and exclusion read labels in the kernels (positives are torch's, positives.py)."""
+    if rows is None or keys is None or not (opts.weighting or opts.exclude_false_negatives):
         return (anchor,) * 6, 0, dict(LABEL_KIND=0, POSITIVES_LABELS=False, EXCLUDE=False, WEIGHTING=0, BLOCK_C=16)
     if rows.kind != keys.kind or rows.words.shape[1] != keys.words.shape[1]:
         raise ValueError("row and key labels must have the same kind and word count")
