@@ -1,16 +1,18 @@
-"""Tile-size sweep of the Triton contrastive kernels on a GPU (forward, dq and dk kernels timed separately).
+"""GPU tile sweep of the contrastive stripe kernels: forward and backward timed per candidate configuration.
 
-Overrides the launch table (kernels.contrastive.triton_direction._launch_config) with each candidate
-(BLOCK_M, BLOCK_N, num_warps, num_stages), checks the loss against the default table's, and reports the
-median time of each kernel. Class-id positives (FLAIR's case) at B x D given on the command line.
+The candidates are `kernels.contrastive.triton_stripe.SWEEP_CANDIDATES` that the committed compile-only
+report (benchmarks/results/kernel-resources-sm90.json, `retina-bench resources`) passed for every label
+rule: none that spills or misses wgmma costs GPU time. For each D the forward kernel (rows + columns, the
+square case) and the backward (dS kernel + the dq/dk GEMMs, for each dS row chunk in --ds-rows) are
+timed on bf16 inputs at B x B, identity positives, and checked against the default configuration's
+result. FLOP rates count 1 product (2 B^2 D) for the forward and 3 for the backward.
 
-    python benchmarks/contrastive_tile_sweep.py [--batch 16384] [--dims 512 768] [--out results.json]
+    python benchmarks/contrastive_tile_sweep.py [--batch 32768] [--dims 512 768] [--out results.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import sys
 from pathlib import Path
@@ -22,15 +24,26 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from kernels.bench_common import device_info  # noqa: E402
-from kernels.contrastive import LossOptions  # noqa: E402
-from kernels.contrastive import triton_direction as td  # noqa: E402
-from kernels.contrastive.spec import label_codes  # noqa: E402
+from kernels.contrastive.spec import LossOptions  # noqa: E402
+from kernels.contrastive import triton_stripe as ts  # noqa: E402
 
-TILES = ((32, 64), (64, 32), (64, 64), (128, 32), (128, 64), (64, 128))
-CANDIDATES = [(bm, bn, w, s) for (bm, bn), w, s in itertools.product(TILES, (4, 8), (1, 2))]
+KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_D", "num_warps", "num_stages")
+REPORT = REPO / "benchmarks" / "results" / "kernel-resources-sm90.json"
 
 
-def median_ms(fn, reps: int = 10) -> float:
+def eligible_candidates() -> list[dict]:
+    """Candidates whose every compiled variant passed the resource report (all of them if it is missing)."""
+    candidates = [dict(zip(KEYS, c)) for c in ts.SWEEP_CANDIDATES]
+    if not REPORT.exists():
+        print(f"no {REPORT.name}: trying every candidate", flush=True)
+        return candidates
+    rows = [r for r in json.loads(REPORT.read_text())["rows"] if r["variant"].startswith("candidate")]
+    text = lambda c: " ".join(f"{k}={c[k]}" for k in KEYS)  # noqa: E731  (the report's config text)
+    failing = {r["config"] for r in rows if not r["ok"]}
+    return [c for c in candidates if text(c) not in failing]
+
+
+def median_ms(fn, reps: int = 7) -> float:
     for _ in range(2):
         fn()
     times = []
@@ -44,54 +57,60 @@ def median_ms(fn, reps: int = 10) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def sweep_dim(batch: int, dim: int, ds_rows: list[int], candidates: list[dict]) -> list[dict]:
+    gen = torch.Generator(device="cuda").manual_seed(dim)
+    q = F.normalize(torch.randn(batch, dim, device="cuda", generator=gen), dim=1).bfloat16()
+    k = F.normalize(torch.randn(batch, dim, device="cuda", generator=gen), dim=1).bfloat16()
+    scale, opts = torch.tensor([50.0], device="cuda"), LossOptions()
+    grad = torch.full((batch,), 0.5 / batch, device="cuda")
+    ref_row, ref_col = ts.stripe_forward(q, k, scale, None, None, 0, opts, True)
+    ref_dq, _, _ = ts.stripe_backward(q, k, scale, ref_row, ref_col, grad, grad, None, None, 0, opts)
+    product = 2.0 * batch * batch * dim
+    rows = []
+    for cfg in candidates:
+        label = " ".join(f"{key}={cfg[key]}" for key in KEYS)
+        try:
+            row_lse, col_lse = ts.stripe_forward(q, k, scale, None, None, 0, opts, True, config=cfg)
+            err = ((row_lse - ref_row).abs().max() + (col_lse - ref_col).abs().max()).item()
+            fwd = median_ms(lambda: ts.stripe_forward(q, k, scale, None, None, 0, opts, True, config=cfg))
+            row = dict(dim=dim, kernel="fwd", config=label, ms=fwd, tflops=product / (fwd * 1e-3) / 1e12, err=err)
+            rows.append(row)
+            print(f"D={dim} fwd {label:<62} {fwd:8.2f} ms {row['tflops']:6.0f} TFLOP/s  err {err:.1e}", flush=True)
+            for chunk in ds_rows:
+                dq, _, _ = ts.stripe_backward(q, k, scale, ref_row, ref_col, grad, grad, None, None, 0, opts,
+                                              ds_rows=chunk, config=cfg)
+                err = ((dq.float() - ref_dq.float()).norm() / ref_dq.float().norm()).item()
+                bwd = median_ms(lambda: ts.stripe_backward(q, k, scale, ref_row, ref_col, grad, grad, None, None, 0,
+                                                           opts, ds_rows=chunk, config=cfg))
+                row = dict(dim=dim, kernel="bwd", config=label, ds_rows=chunk, ms=bwd,
+                           tflops=3 * product / (bwd * 1e-3) / 1e12, err=err)
+                rows.append(row)
+                print(f"D={dim} bwd {label:<62} rows {chunk:5d} {bwd:8.2f} ms {row['tflops']:6.0f} TFLOP/s  "
+                      f"rel err {err:.1e}", flush=True)
+        except Exception as exc:  # out of resources on this device: not a candidate
+            print(f"D={dim} {label} failed: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
+    return rows
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--batch", type=int, default=16384)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=32768)
     parser.add_argument("--dims", type=int, nargs="+", default=[512, 768])
+    parser.add_argument("--ds-rows", type=int, nargs="+", default=[512, 1024, 2048])
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    default_config = td._launch_config
-    rows_out = []
+    candidates = eligible_candidates()
+    print(f"{len(candidates)} candidates: {candidates}", flush=True)
+    rows = [row for dim in args.dims for row in sweep_dim(args.batch, dim, args.ds_rows, candidates)]
     for dim in args.dims:
-        gen = torch.Generator(device="cuda").manual_seed(dim)
-        q = F.normalize(torch.randn(args.batch, dim, device="cuda", generator=gen), dim=1).bfloat16()
-        k = F.normalize(torch.randn(args.batch, dim, device="cuda", generator=gen), dim=1).bfloat16()
-        labels = label_codes(torch.randint(0, 64, (args.batch,), device="cuda", generator=gen))
-        scale = torch.tensor([50.0], device="cuda")
-        opts = LossOptions("labels", False, None, 0.5)
-        grad = torch.ones((), device="cuda")
-        td._launch_config = default_config
-        ref_loss, lse, count = td.contrastive_forward(q, k, scale, labels, labels, 0, opts)
-        ref = ref_loss.sum().item()
-        for bm, bn, warps, stages in [(None, None, None, None)] + CANDIDATES:
-            label = "default" if bm is None else f"{bm}x{bn} w{warps} s{stages}"
-            if bm is not None:
-                td._launch_config = (lambda d, dt, a, b, bm=bm, bn=bn, w=warps, s=stages: dict(
-                    BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=max(16, 1 << (d - 1).bit_length()), num_warps=w, num_stages=s))
-            try:
-                loss, _, _ = td.contrastive_forward(q, k, scale, labels, labels, 0, opts)
-                err = abs(loss.sum().item() - ref) / abs(ref)
-                fwd = median_ms(lambda: td.contrastive_forward(q, k, scale, labels, labels, 0, opts))
-                dq = median_ms(lambda: td.contrastive_backward(grad, q, k, args.batch, scale, lse, count, labels,
-                                                               labels, 0, opts, need_dk=False))
-                dk = median_ms(lambda: td.contrastive_backward(grad, q, k, args.batch, scale, lse, count, labels,
-                                                               labels, 0, opts, need_dq=False))
-            except Exception as exc:  # out of shared memory / registers: not a candidate
-                print(f"D={dim} {label:<18} failed: {type(exc).__name__}: {str(exc)[:80]}", flush=True)
-                continue
-            tflops = 2 * args.batch * args.batch * dim * 2 / (fwd * 1e-3) / 1e12
-            row = dict(dim=dim, config=label, fwd_ms=fwd, dq_ms=dq, dk_ms=dk, total_ms=fwd + dq + dk,
-                       fwd_tflops=tflops, rel_err=err)
-            rows_out.append(row)
-            print(f"D={dim} {label:<18} fwd {fwd:8.2f} ms ({tflops:5.0f} TF/s)  dq {dq:8.2f}  dk {dk:8.2f}  "
-                  f"total {fwd + dq + dk:8.2f}  err {err:.1e}", flush=True)
-    td._launch_config = default_config
-    for dim in args.dims:
-        best = sorted((r for r in rows_out if r["dim"] == dim), key=lambda r: r["total_ms"])[:5]
-        print(f"best for D={dim}: " + "; ".join(f"{r['config']} {r['total_ms']:.1f} ms" for r in best))
+        for kernel in ("fwd", "bwd"):
+            best = sorted((r for r in rows if r["dim"] == dim and r["kernel"] == kernel), key=lambda r: r["ms"])[:3]
+            print(f"best {kernel} D={dim}: " + "; ".join(
+                f"{r['config']}{' rows ' + str(r['ds_rows']) if 'ds_rows' in r else ''} {r['ms']:.2f} ms" for r in best))
     if args.out:
-        args.out.write_text(json.dumps({"batch": args.batch, "device": device_info(torch.device("cuda")),
-                                        "rows": rows_out}, indent=1) + "\n")
+        args.out.write_text(json.dumps({"batch": args.batch, "dtype": "bf16", "device": device_info(torch.device("cuda")),
+                                        "shipped": {f"{k}/{p}": v for (k, p), v in ts.GPU_CONFIGS.items()},
+                                        "ds_rows_default": ts.DS_ROWS, "rows": rows}, indent=1) + "\n")
     return 0
 
 

@@ -1,17 +1,12 @@
 """Contrastive-loss microbenchmark: `retina-bench contrastive` (also `python -m kernels.bench contrastive`).
 
-Sweeps the batch B (M = N = B, identity positives) and the embedding dimension D over the providers
-
-    triton     kernels' fused Triton kernels (CUDA only)
-    chunked    kernels' pure-torch path, O(B x chunk) memory
-    eager      kernels' dense reference, every B x B matrix materialised
-    open_clip  open_clip.loss.ClipLoss, the external baseline
-
-in three modes: forward, backward (alone, after an untimed forward) and full (forward + backward).
-Times are medians of --repeats runs after --warmup runs. Peak memory is that of one forward + backward
-beyond the inputs: the CUDA allocator's peak in-process, or on CPU the rise of VmHWM over VmRSS in a
-fresh process per (provider, B, D), because VmHWM only ever grows within a process (the probes fork
-from a multiprocessing forkserver that imported torch once).
+Sweeps the batch B (M = N = B, identity positives) and the embedding dimension D over the providers of
+`kernels.bench_contrastive_providers` (triton, chunked, chunked_2dir, eager, open_clip, inf_cl) in three
+modes: forward, backward (alone, after an untimed forward) and full (forward + backward). Times are
+medians of --repeats runs after --warmup runs, with the baselines measured in the same run; the FLOP rate
+of each provider counts the products it actually performs. Peak memory (kernels.bench_memory) is that of
+one forward + backward beyond the inputs. The targets of the contrastive v2 work are evaluated on what
+was measured and printed with the table.
 
 Writes benchmarks/results/contrastive-<device>.json and a .png plot beside it.
 """
@@ -19,53 +14,45 @@ Writes benchmarks/results/contrastive-<device>.json and a .png plot beside it.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import functools
-import gc
-import importlib.util
 import json
-import multiprocessing
 import os
 import platform
-import re
 import statistics
 import sys
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from multiprocessing.connection import Connection
-from multiprocessing.context import BaseContext
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from kernels.bench_common import device_info, device_slug, elapsed_ms, fmt, guarded, package_version
+from kernels.bench_contrastive_providers import (
+    DTYPES,
+    LOGIT_SCALE,
+    PRODUCTS,
+    PRODUCTS_NOTE,
+    PROVIDERS,
+    available_providers,
+    flops,
+    make_inputs,
+    make_loss,
+)
+from kernels.bench_memory import measure_memory, memory_method
 
-PROVIDERS = ("triton", "chunked", "eager", "open_clip")
 MODES = ("forward", "backward", "full")
-BASELINES = ("eager", "open_clip")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-LOGIT_SCALE = 100.0
-MIB = 2**20
+BASELINES = ("eager", "open_clip", "chunked_2dir", "inf_cl")
+SHORT = {"eager": "eager", "open_clip": "oclip", "chunked_2dir": "2dir", "inf_cl": "infcl"}
 
-CPU_DEFAULTS = {"batch": [1024, 2048, 4096], "dim": [256, 512], "repeats": 3, "warmup": 1, "dtype": "fp32"}
-GPU_DEFAULTS = {"batch": [4096, 16384, 32768, 65536], "dim": [512, 768], "repeats": 10, "warmup": 3,
-                "dtype": "bf16"}
+CPU_DEFAULTS = {"batch": [2048, 4096, 8192], "dim": [512], "repeats": 3, "warmup": 1, "dtype": "fp32",
+                "providers": ["chunked", "chunked_2dir", "eager", "open_clip"]}
+GPU_DEFAULTS = {"batch": [16384, 32768, 65536], "dim": [512, 768], "repeats": 10, "warmup": 3, "dtype": "bf16",
+                "providers": ["triton", "eager", "open_clip", "inf_cl"]}
 QUICK = {"batch": [128, 256], "dim": [32], "repeats": 3, "warmup": 1}
 
 # The acceptance point: chunked must need at most a tenth of eager's memory at B = 16384, D = 512.
 CHECK_BATCH, CHECK_DIM, CHECK_MAX_RATIO = 16384, 512, 0.1
 PARALLEL_PROBE_MAX_BATCH = 8192
-
-FLOPS_FORMULA = {
-    "forward": "4*B*B*D", "backward": "12*B*B*D", "full": "16*B*B*D",
-    "note": "forward: the B x B similarities of both directions, 2 directions x 2 FLOPs per multiply-add x "
-            "B*B*D; backward: 3x forward (recompute the similarities, then dq and dk). Reported as tflops "
-            "for the triton provider only.",
-}
-FLOPS_PER_BBD = {"forward": 4, "backward": 12, "full": 16}
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -86,50 +73,12 @@ class Config:
     out: Path
 
 
-# ---------------------------------------------------------------- inputs and losses
-
-def make_inputs(batch: int, dim: int, dtype: str, device: torch.device,
-                seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """L2-normalised leaf embeddings and a logit scale, all with gradients, as a training step has them."""
-    torch.manual_seed(seed)
-
-    def embedding() -> torch.Tensor:
-        x = F.normalize(torch.randn(batch, dim, device=device), dim=1)
-        return x.to(DTYPES[dtype]).requires_grad_()
-
-    # The scale stays fp32, like CLIP's logit_scale parameter.
-    scale = torch.tensor(LOGIT_SCALE, device=device, requires_grad=True)
-    return embedding(), embedding(), scale
-
-
-def make_loss(provider: str, chunk_size: int) -> Callable[..., torch.Tensor]:
-    if provider == "open_clip":
-        from open_clip.loss import ClipLoss  # heavy import: only when asked for
-
-        return ClipLoss()
-    from kernels.contrastive import contrastive_loss
-
-    return functools.partial(contrastive_loss, backend=provider, chunk_size=chunk_size)
-
-
-def available_providers(requested: list[str], device: torch.device) -> tuple[list[str], dict[str, str]]:
-    """The requested providers this device can run, and why the others are skipped."""
-    skipped = {}
-    if "triton" in requested and device.type != "cuda":
-        skipped["triton"] = "needs CUDA"
-    elif "triton" in requested and importlib.util.find_spec("triton") is None:
-        skipped["triton"] = "triton is not installed"
-    elif "triton" in requested and importlib.util.find_spec("kernels.contrastive.triton_stripe") is None:
-        skipped["triton"] = "kernels.contrastive.triton_stripe is missing"
-    return [p for p in requested if p not in skipped], skipped
-
+# ---------------------------------------------------------------- timing
 
 def clear_grads(inputs: tuple[torch.Tensor, ...]) -> None:
     for t in inputs:
         t.grad = None
 
-
-# ---------------------------------------------------------------- timing
 
 def run_mode(loss: Callable[..., torch.Tensor], inputs: tuple[torch.Tensor, ...], mode: str,
              device: torch.device) -> float:
@@ -156,118 +105,16 @@ def time_point(provider: str, loss: Callable[..., torch.Tensor], inputs: tuple[t
     record = {"provider": provider, "batch": batch, "dim": dim, "mode": mode, "status": status}
     if status == "ok":
         record.update(runs_ms=times, median_ms=statistics.median(times), min_ms=min(times), max_ms=max(times))
-        if provider == "triton":
-            record["tflops"] = FLOPS_PER_BBD[mode] * batch * batch * dim / (record["median_ms"] * 1e-3) / 1e12
+        record["tflops"] = flops(provider, mode, batch, dim) / (record["median_ms"] * 1e-3) / 1e12
     return record
 
 
 # ---------------------------------------------------------------- peak memory
 
-def cuda_peak_bytes(provider: str, batch: int, dim: int, cfg: Config) -> int:
-    loss = make_loss(provider, cfg.chunk_size)
-    inputs = make_inputs(batch, dim, cfg.dtype, cfg.device)
-    torch.cuda.synchronize(cfg.device)
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats(cfg.device)
-    base = torch.cuda.memory_allocated(cfg.device)
-    loss(*inputs).backward()
-    torch.cuda.synchronize(cfg.device)
-    return torch.cuda.max_memory_allocated(cfg.device) - base
-
-
-def status_kib(field: str) -> int:
-    match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
-    if match is None:
-        raise RuntimeError(f"/proc/self/status has no {field}; the CPU memory probe needs Linux")
-    return int(match.group(1))
-
-
-def reset_high_water_mark() -> bool:
-    """Linux >= 4.0 resets VmHWM to the current RSS on "5" (drops the import-time peak)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def release_free_heap() -> None:
-    """Hand freed heap pages back to the OS, so the measured run cannot silently reuse resident ones."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def probe_here(provider: str, batch: int, dim: int, dtype: str, chunk_size: int) -> dict:
-    """The body of the CPU memory probe; meant to run in a fresh process (see `cpu_peak`)."""
-    cpu = torch.device("cpu")
-    loss = make_loss(provider, chunk_size)
-    # A small pass first pages in the library code and starts the thread pool, which are not the loss's memory.
-    loss(*make_inputs(min(batch, 64), dim, dtype, cpu)).backward()
-    inputs = make_inputs(batch, dim, dtype, cpu)
-    gc.collect()
-    release_free_heap()
-    hwm_reset = reset_high_water_mark()
-    before = status_kib("VmRSS")
-    loss(*inputs).backward()
-    peak = status_kib("VmHWM")
-    return {"peak_bytes": (peak - before) * 1024, "rss_before_bytes": before * 1024, "hwm_reset": hwm_reset}
-
-
-def _probe_child(conn: Connection, point: tuple[str, int, int], dtype: str, chunk_size: int) -> None:
-    conn.send(probe_here(*point, dtype, chunk_size))
-    conn.close()
-
-
-def probe_context(providers: list[str]) -> BaseContext:
-    """Probes fork from a server that imported torch (and open_clip) once, so a fresh process per probe costs
-    no imports. The server only imports, so it has no OpenMP thread pool for a fork to break."""
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["kernels.bench_contrastive"] + (["open_clip"] if "open_clip" in providers else []))
-    return ctx
-
-
-def cpu_peak(ctx: BaseContext, point: tuple[str, int, int], dtype: str, chunk_size: int) -> dict:
-    """Peak of one forward + backward in a fresh process: {"status": "ok", "peak_mib": ...} or a failure."""
-    receive, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_probe_child, args=(send, point, dtype, chunk_size), daemon=True)
-    proc.start()
-    send.close()  # our copy: recv() then sees EOF if the child dies
-    try:
-        probe = receive.recv()
-    except EOFError:
-        probe = None
-    proc.join()
-    record = dict(zip(("provider", "batch", "dim"), point))
-    if probe is None:
-        killed = proc.exitcode is not None and proc.exitcode < 0  # typically the kernel's OOM killer
-        return record | {"status": "oom" if killed else "failed", "detail": f"probe exited with {proc.exitcode}"}
-    return record | {"status": "ok", "peak_mib": probe["peak_bytes"] / MIB, "hwm_reset": probe["hwm_reset"]}
-
-
-def cpu_peaks(points: list[tuple[str, int, int]], dtype: str, chunk_size: int, jobs: int = 2) -> list[dict]:
-    """Probe several (provider, B, D) at once: RSS is per process, so parallel probes do not disturb each other."""
-    ctx = probe_context(sorted({p for p, _, _ in points}))
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        return list(pool.map(lambda point: cpu_peak(ctx, point, dtype, chunk_size), points))
-
-
-def measure_memory(points: list[tuple[str, int, int]], cfg: Config, jobs: int) -> list[dict]:
-    if cfg.device.type != "cuda":
-        return cpu_peaks(points, cfg.dtype, cfg.chunk_size, jobs)
-    records = []
-    for provider, batch, dim in points:
-        status, peak = guarded(lambda: cuda_peak_bytes(provider, batch, dim, cfg), cfg.device)
-        record = {"provider": provider, "batch": batch, "dim": dim, "status": status}
-        records.append(record | ({"peak_mib": peak / MIB} if status == "ok" else {}))
-    return records
-
-
 def memory_check(cfg: Config) -> dict:
     # One at a time (jobs=1): eager alone needs several GiB here.
     chunked, eager = measure_memory([("chunked", CHECK_BATCH, CHECK_DIM), ("eager", CHECK_BATCH, CHECK_DIM)],
-                                    cfg, jobs=1)
+                                    cfg.device, cfg.dtype, cfg.chunk_size, jobs=1)
     result = {"batch": CHECK_BATCH, "dim": CHECK_DIM, "chunk_size": cfg.chunk_size, "dtype": cfg.dtype,
               "chunked_mib": chunked.get("peak_mib"), "eager_mib": eager.get("peak_mib"),
               "chunked_status": chunked["status"], "eager_status": eager["status"],
@@ -300,7 +147,9 @@ def sweep(cfg: Config) -> tuple[list[dict], list[dict]]:
         # Two probes at a time save wall time; above PARALLEL_PROBE_MAX_BATCH one eager probe alone needs GiBs.
         small = [pt for pt in points if pt[1] <= PARALLEL_PROBE_MAX_BATCH]
         large = [pt for pt in points if pt[1] > PARALLEL_PROBE_MAX_BATCH]
-        memory = measure_memory(small, cfg, jobs=min(2, os.cpu_count() or 1)) + measure_memory(large, cfg, jobs=1)
+        jobs = min(2, os.cpu_count() or 1)
+        memory = (measure_memory(small, cfg.device, cfg.dtype, cfg.chunk_size, jobs)
+                  + measure_memory(large, cfg.device, cfg.dtype, cfg.chunk_size, jobs=1))
     return timings, memory
 
 
@@ -320,14 +169,16 @@ def add_ratios(records: list[dict], value: str, name: str, speedup: bool) -> Non
 # ---------------------------------------------------------------- reporting
 
 def versions() -> dict:
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "triton": package_version("triton"), "open_clip": package_version("open_clip_torch")}
+    return {"python": platform.python_version(), "torch": torch.__version__, "triton": package_version("triton"),
+            "open_clip": package_version("open_clip_torch"), "inf_cl": package_version("inf-cl")}
 
 
 def format_table(timings: list[dict], memory: list[dict]) -> str:
     mems = {(m["provider"], m["batch"], m["dim"]): m for m in memory}
-    header = (f"{'provider':>9} {'B':>6} {'D':>4} {'mode':<8} {'median ms':>10} {'min-max ms':>17} "
-              f"{'peak MiB':>9} {'x eager':>8} {'x oclip':>8} {'mem/eager':>9} {'mem/oclip':>9} {'TFLOP/s':>7}")
+    bases = [b for b in BASELINES if any(r["provider"] == b for r in timings)]
+    header = (f"{'provider':>12} {'B':>6} {'D':>4} {'mode':<8} {'median ms':>10} {'min-max ms':>17} {'peak MiB':>9} "
+              + "".join(f" {'x ' + SHORT[b]:>8}" for b in bases)
+              + f" {'mem/eager':>9} {'mem/oclip':>9} {'TFLOP/s':>7}")
     lines = [header, "-" * len(header)]
     order = {p: i for i, p in enumerate(PROVIDERS)}
     for r in sorted(timings, key=lambda r: (r["batch"], r["dim"], MODES.index(r["mode"]), order[r["provider"]])):
@@ -336,14 +187,42 @@ def format_table(timings: list[dict], memory: list[dict]) -> str:
             spread, median = "", r["status"]
         else:
             spread, median = f"{r['min_ms']:.2f}-{r['max_ms']:.2f}", f"{r['median_ms']:.2f}"
-        lines.append(f"{r['provider']:>9} {r['batch']:>6} {r['dim']:>4} {r['mode']:<8} {median:>10} {spread:>17} "
-                     f"{fmt(mem.get('peak_mib'), '.1f'):>9} "
-                     f"{fmt(r.get('speedup_vs_eager'), '.2f'):>8} {fmt(r.get('speedup_vs_open_clip'), '.2f'):>8} "
-                     f"{fmt(mem.get('memory_vs_eager'), '.3f'):>9} {fmt(mem.get('memory_vs_open_clip'), '.3f'):>9} "
-                     f"{fmt(r.get('tflops'), '.1f'):>7}")
-    lines.append("x eager / x oclip: speedup (baseline time / time); mem/...: peak memory / baseline peak; "
-                 "peak = one forward + backward beyond the inputs")
+        lines.append(f"{r['provider']:>12} {r['batch']:>6} {r['dim']:>4} {r['mode']:<8} {median:>10} {spread:>17} "
+                     f"{fmt(mem.get('peak_mib'), '.1f'):>9}"
+                     + "".join(f" {fmt(r.get(f'speedup_vs_{b}'), '.2f'):>8}" for b in bases)
+                     + f" {fmt(mem.get('memory_vs_eager'), '.3f'):>9} {fmt(mem.get('memory_vs_open_clip'), '.3f'):>9}"
+                     f" {fmt(r.get('tflops'), '.1f'):>7}")
+    lines.append("x <baseline>: speedup (baseline time / time); mem/...: peak memory / baseline peak; peak = one "
+                 "forward + backward beyond the inputs; TFLOP/s: the products each provider performs / time")
     return "\n".join(lines)
+
+
+def targets(timings: list[dict], memory: list[dict], device: torch.device) -> list[dict]:
+    """The contrastive v2 targets, judged on this run's full-step medians and peaks (only where measured)."""
+    time_of = {(r["provider"], r["batch"], r["dim"]): r for r in timings if r["mode"] == "full" and r["status"] == "ok"}
+    peak_of = {(m["provider"], m["batch"], m["dim"]): m for m in memory if m["status"] == "ok"}
+    ours = "triton" if device.type == "cuda" else "chunked"
+    rules = ([("open_clip", "time", lambda b: 0.7 if b >= 32768 else 1.0), ("inf_cl", "time", lambda b: 1.0),
+              ("open_clip", "memory", lambda b: 0.02)] if device.type == "cuda" else
+             [("open_clip", "time", lambda b: 1 / 1.2), ("chunked_2dir", "time", lambda b: 1 / 1.5)])
+    found = []
+    for provider, batch, dim in sorted(k for k in time_of if k[0] == ours):
+        for base, what, limit in rules:
+            table = time_of if what == "time" else peak_of
+            mine, theirs = table.get((ours, batch, dim)), table.get((base, batch, dim))
+            if mine is None or theirs is None:
+                continue
+            value = "median_ms" if what == "time" else "peak_mib"
+            ratio = mine[value] / theirs[value]
+            found.append({"provider": ours, "baseline": base, "batch": batch, "dim": dim, "measure": what,
+                          "ratio": ratio, "max_ratio": limit(batch), "met": ratio <= limit(batch)})
+    return found
+
+
+def format_targets(found: list[dict]) -> str:
+    return "\n".join(f"target {t['provider']} vs {t['baseline']} B={t['batch']} D={t['dim']} {t['measure']}: "
+                     f"{t['ratio']:.3f} of the baseline (at most {t['max_ratio']:.3f}): "
+                     f"{'met' if t['met'] else 'NOT met'}" for t in found)
 
 
 def series(records: list[dict], provider: str, dim: int, value: str,
@@ -365,7 +244,7 @@ def plot(result: dict, path: Path) -> None:
 
     params = result["params"]
     fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(12, 4.8))
-    colors = dict(zip(PROVIDERS, ("tab:red", "tab:blue", "tab:gray", "tab:green")))
+    colors = dict(zip(PROVIDERS, ("tab:red", "tab:blue", "tab:cyan", "tab:gray", "tab:green", "tab:purple")))
     styles = dict(zip(params["dim"], ("-", "--", ":", "-.") * 4))
     for provider in params["providers"]:
         for dim, style in styles.items():
@@ -399,12 +278,14 @@ def build_parser(prog: str = "retina-bench contrastive") -> argparse.ArgumentPar
     parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, nargs="+", metavar="B",
-                        help="batch sizes to sweep (M = N = B); default 1024 2048 4096 on CPU, "
-                             "4096 16384 32768 65536 on CUDA")
+                        help=f"batch sizes to sweep (M = N = B); default {' '.join(map(str, CPU_DEFAULTS['batch']))} "
+                             f"on CPU, {' '.join(map(str, GPU_DEFAULTS['batch']))} on CUDA")
     parser.add_argument("--dim", type=int, nargs="+", metavar="D",
-                        help="embedding dimensions to sweep; default 256 512 on CPU, 512 768 on CUDA")
-    parser.add_argument("--providers", nargs="+", choices=PROVIDERS, default=list(PROVIDERS),
-                        help="implementations to compare; triton is skipped without CUDA (default: all)")
+                        help="embedding dimensions to sweep; default 512 on CPU, 512 768 on CUDA")
+    parser.add_argument("--providers", nargs="+", choices=PROVIDERS,
+                        help=f"implementations to compare (triton and inf_cl need CUDA); default "
+                             f"{' '.join(CPU_DEFAULTS['providers'])} on CPU, {' '.join(GPU_DEFAULTS['providers'])} "
+                             "on CUDA")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
                         help="forward; backward = the backward alone after an untimed forward; "
                              "full = forward + backward (default: all)")
@@ -442,7 +323,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[Config, dict[str, str]]:
     device = torch.device("cuda" if want_cuda else "cpu")
     defaults = (GPU_DEFAULTS if want_cuda else CPU_DEFAULTS) | (QUICK if args.quick else {})
     pick = lambda name: defaults[name] if getattr(args, name) is None else getattr(args, name)  # noqa: E731
-    providers, skipped = available_providers(args.providers, device)
+    providers, skipped = available_providers(pick("providers"), device)
     check = args.memory_check if args.memory_check is not None else not (want_cuda or args.quick)
     out = args.out or default_out(device)
     return Config(device=device, batch=pick("batch"), dim=pick("dim"), providers=providers, modes=args.modes,
@@ -454,14 +335,6 @@ def default_out(device: torch.device) -> Path:
     # Beside the repository's other results when run from a checkout, else under the working directory.
     root = REPO if (REPO / "benchmarks").is_dir() else Path.cwd()
     return root / "benchmarks" / "results" / f"contrastive-{device_slug(device)}.json"
-
-
-def memory_method(device: torch.device) -> str:
-    if device.type == "cuda":
-        return "torch.cuda.max_memory_allocated - memory_allocated after the inputs, one forward + backward"
-    return ("fresh process per (provider, B, D), forked from a forkserver that only imported the modules: "
-            "small warm-up pass, inputs allocated, free heap trimmed, VmHWM reset via /proc/self/clear_refs, "
-            "one forward + backward; peak = VmHWM - VmRSS before")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -486,13 +359,15 @@ def main(argv: list[str] | None = None) -> int:
               "memory": cfg.memory, "memory_method": memory_method(cfg.device), "memory_check": cfg.memory_check}
     result = {"benchmark": "contrastive", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "device": device_info(cfg.device), "versions": versions(), "params": params,
-              "flops": FLOPS_FORMULA, "timings": timings, "memory": memory, "memory_check": check,
-              "plot": cfg.out.with_suffix(".png").name}
+              "products": {"per_provider": {p: PRODUCTS[p] for p in cfg.providers}, "note": PRODUCTS_NOTE},
+              "timings": timings, "memory": memory, "memory_check": check,
+              "targets": targets(timings, memory, cfg.device), "plot": cfg.out.with_suffix(".png").name}
     cfg.out.parent.mkdir(parents=True, exist_ok=True)
     cfg.out.write_text(json.dumps(result, indent=1) + "\n")
     plot(result, cfg.out.with_suffix(".png"))
 
     print(format_table(timings, memory))
+    print(format_targets(result["targets"]))
     if check is not None:
         verdict = {True: "ok", False: "FAILED", None: "inconclusive"}[check["passed"]]
         print(f"memory check B={CHECK_BATCH} D={CHECK_DIM}: chunked {fmt(check['chunked_mib'], '.1f')} MiB, "

@@ -91,6 +91,7 @@ CONTRASTIVE_LABELS = {  # variant -> (label kind, LossOptions fields)
 
 
 def contrastive_cases(dims=(512, 768), dtypes=("bf16", "fp32")) -> list[Case]:
+    """Every shipped configuration (the launch table's), for every label rule and with/without columns."""
     cases = []
     for dtype in dtypes:
         for dim in dims:
@@ -101,6 +102,17 @@ def contrastive_cases(dims=(512, 768), dtypes=("bf16", "fp32")) -> list[Case]:
                         cases.append(Case("contrastive", kernel, dtype, dim, variant,
                                           dict(labels=labels, columns=columns)))
     return cases
+
+
+def candidate_cases(dims=(512, 768)) -> list[Case]:
+    """The tile sweep's 16-bit candidates (triton_stripe.SWEEP_CANDIDATES), both kernels, rows + columns."""
+    from kernels.contrastive.triton_stripe import SWEEP_CANDIDATES
+
+    keys = ("BLOCK_M", "BLOCK_N", "BLOCK_D", "num_warps", "num_stages")
+    return [Case("contrastive", kernel, "bf16", dim, f"candidate, {labels}, rows+columns",
+                 dict(labels=labels, columns=True, config=dict(zip(keys, candidate))))
+            for dim in dims for labels in ("no-labels", "multi-hot-jaccard-exclude")
+            for kernel in ("fwd", "ds") for candidate in SWEEP_CANDIDATES]
 
 
 def attention_cases(head_dims=(64, 128), dtypes=("bf16", "fp32")) -> list[Case]:
@@ -121,13 +133,14 @@ def _contrastive_launch(case: Case):
         codes = label_codes(torch.arange(batch) % 7)
     elif kind == "bits":
         codes = label_codes(pack_multi_hot(torch.eye(40, dtype=torch.bool)[torch.arange(batch) % 40]))
-    opts, columns = LossOptions(**options), case.params["columns"]
+    opts, columns, config = LossOptions(**options), case.params["columns"], case.params.get("config")
     if case.kernel == "fwd":
         return ts._stripe_fwd_kernel, lambda: ts.stripe_forward(q, q, torch.ones(()), codes, codes, 0, opts,
-                                                                columns), ()
+                                                                columns, config=config), ()
     lse = torch.zeros(batch)
     return ts._stripe_ds_kernel, lambda: ts.stripe_backward(q, q, torch.ones(()), lse, lse, lse,
-                                                            lse if columns else None, codes, codes, 0, opts), ()
+                                                            lse if columns else None, codes, codes, 0, opts,
+                                                            config=config), ()
 
 
 def _attention_launch(case: Case):
@@ -273,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="retina-bench resources", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--families", nargs="+", choices=FAMILIES, default=list(FAMILIES))
+    parser.add_argument("--no-candidates", dest="candidates", action="store_false",
+                        help="skip the contrastive tile-sweep candidates (compiled so the GPU sweep tries only "
+                             "those that pass)")
     parser.add_argument("--dims", type=int, nargs="+", default=[512, 768], help="contrastive embedding sizes")
     parser.add_argument("--head-dims", type=int, nargs="+", default=[64, 128], help="attention head sizes")
     parser.add_argument("--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES))
@@ -288,11 +304,13 @@ def main(argv: list[str] | None = None) -> int:
     cases = []
     if "contrastive" in args.families:
         cases += contrastive_cases(tuple(args.dims), tuple(args.dtypes))
+        if args.candidates and "bf16" in args.dtypes:
+            cases += candidate_cases(tuple(args.dims))
     if "attention" in args.families:
         cases += attention_cases(tuple(args.head_dims), tuple(args.dtypes))
     print(f"compiling {len(cases)} kernel variants for sm_{ARCH}a ...", file=sys.stderr, flush=True)
     rows = report(cases, args.jobs)
-    failed = [r for r in rows if not r["ok"] and r["family"] in args.require]
+    failed = [r for r in rows if not r["ok"] and r["family"] in args.require and not r["variant"].startswith("candidate")]
     result = {"report": "kernel-resources", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "target": f"sm_{ARCH}a", "max_shared_bytes": H100_MAX_SHARED, "versions": _versions(),
               "method": __doc__.split("\n\n")[1].replace("\n", " "), "rows": rows,

@@ -217,6 +217,12 @@ GPU_CONFIGS = {
     ("fwd", "fp32"): (64, 64, 32, 4, 2),
     ("ds", "fp32"): (64, 64, 32, 4, 2),
 }
+# 16-bit alternatives the GPU tile sweep times (benchmarks/contrastive_tile_sweep.py); `retina-bench resources`
+# compiles each first and the sweep skips any that spills or misses wgmma.
+SWEEP_CANDIDATES = (
+    (128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 128, 32, 8, 4), (128, 64, 64, 4, 3),
+    (64, 128, 64, 4, 3), (128, 256, 64, 8, 3), (256, 128, 64, 8, 3),
+)
 INTERPRETER_CONFIG = (16, 16, 16, 4, 1)  # the smallest tiles tl.dot takes: the interpreter is slow
 # Rows of dS written per backward chunk: the dq and dk GEMMs see (ds_rows x N) @ (N x D) and
 # (N x ds_rows) @ (ds_rows x D); more rows mean fewer passes over the fp32 dk accumulator, more memory.

@@ -8,10 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from kernels.bench_contrastive import MODES, add_ratios, cpu_peaks
+from kernels.bench_contrastive import MODES, add_ratios, targets
+from kernels.bench_contrastive_providers import PROVIDERS, flops
+from kernels.bench_memory import cpu_peaks
 
-CPU_PROVIDERS = ("chunked", "eager", "open_clip")
+CPU_PROVIDERS = ("chunked", "chunked_2dir", "eager", "open_clip")
 QUICK_BATCH, QUICK_DIM = (128, 256), (32,)
 
 
@@ -20,7 +23,7 @@ def quick_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
     out = tmp_path_factory.mktemp("bench") / "r.json"
     # --device cpu: the same providers on a GPU machine too
     cmd = [sys.executable, "-m", "kernels.bench", "contrastive", "--quick", "--device", "cpu",
-           "--out", str(out), "--no-memory-check"]
+           "--out", str(out), "--no-memory-check", "--providers", *PROVIDERS]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300), out
 
 
@@ -30,8 +33,10 @@ def test_quick_run_writes_results_and_plot(quick_run):
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     assert result["device"]["kind"] == "cpu" and result["device"]["cores"] >= 1 and result["device"]["name"]
-    assert {"python", "torch", "triton", "open_clip"} <= result["versions"].keys()
-    assert result["params"]["skipped_providers"] == {"triton": "needs CUDA"}
+    assert {"python", "torch", "triton", "open_clip", "inf_cl"} <= result["versions"].keys()
+    assert result["params"]["skipped_providers"] == {"triton": "needs CUDA", "inf_cl": "needs CUDA"}
+    assert result["products"]["per_provider"] == {"chunked": [1, 3], "chunked_2dir": [2, 6], "eager": [2, 4],
+                                                  "open_clip": [2, 4]}
     assert out.with_suffix(".png").stat().st_size > 0
     assert "median ms" in proc.stdout  # the table
 
@@ -47,6 +52,8 @@ def test_quick_run_times_every_point(quick_run):
                 for mode in MODES:
                     t = got[(provider, batch, dim, mode)]
                     assert t["status"] == "ok" and len(t["runs_ms"]) == 3 and "median_ms" in t
+                    rate = flops(provider, mode, batch, dim) / (t["median_ms"] * 1e-3) / 1e12
+                    assert t["tflops"] == pytest.approx(rate)
 
 
 @pytest.mark.slow
@@ -75,3 +82,21 @@ def test_ratios_are_speedups_and_memory_fractions():
     add_ratios(memory, "peak_mib", "memory_vs", speedup=False)
     assert timings[0]["speedup_vs_eager"] == 2.0 and timings[0]["speedup_vs_open_clip"] == 0.5
     assert memory[0]["memory_vs_eager"] == 0.1 and memory[0]["memory_vs_open_clip"] == 0.2
+
+
+def test_flops_count_the_products_each_provider_performs():
+    # one product = 2 B^2 D; the stripe does 1 + 3, open_clip 2 + 4, two stripes 2 + 6, Inf-CL 2 + 8
+    assert flops("chunked", "full", 10, 3) == 4 * 2 * 100 * 3
+    assert flops("open_clip", "forward", 10, 3) == 2 * 2 * 100 * 3
+    assert flops("chunked_2dir", "backward", 10, 3) == 6 * 2 * 100 * 3
+    assert flops("inf_cl", "full", 10, 3) == 10 * 2 * 100 * 3
+
+
+def test_targets_judge_the_measured_ratios():
+    full = lambda p, ms: {"provider": p, "batch": 4096, "dim": 512, "mode": "full", "status": "ok",  # noqa: E731
+                          "median_ms": ms}
+    found = targets([full("chunked", 50.0), full("open_clip", 80.0), full("chunked_2dir", 70.0)], [],
+                    torch.device("cpu"))
+    by_base = {t["baseline"]: t for t in found}
+    assert by_base["open_clip"]["met"] and by_base["open_clip"]["ratio"] == pytest.approx(50 / 80)
+    assert not by_base["chunked_2dir"]["met"]  # 1.4x faster, 1.5x required
