@@ -49,13 +49,13 @@ step() {  # name, limit in seconds, command...
 # The fp32 attention test is left out: its autotune space compiles spilling fp32 configurations for minutes
 # (benchmarks/results/kernel-resources-sm90.json lists them); it returns once that space is pruned.
 # The step limits add up to 460 s, so the whole call stays under 8 minutes even when a step runs to its limit.
-step gpu-tests 90 "$PY" -m pytest -m gpu tests/kernels -q -p no:cacheprovider -o addopts="" \
+step gpu-tests 120 "$PY" -m pytest -m gpu tests/kernels -q -p no:cacheprovider -o addopts="" \
   -k "not test_fp32_matches_reference_on_gpu"
-step contrastive 135 "$PY" -m kernels.bench contrastive --batch 16384 32768 65536 --dim 512 768 \
+step contrastive 130 "$PY" -m kernels.bench contrastive --batch 16384 32768 65536 --dim 512 768 \
   --providers triton eager open_clip inf_cl --modes full --repeats 5 --warmup 2 --out "$OUT/contrastive-$GPU.json"
-step tile-sweep 100 "$PY" benchmarks/contrastive_tile_sweep.py --batch 32768 --ds-rows 1024 2048 \
+step tile-sweep 90 "$PY" benchmarks/contrastive_tile_sweep.py --batch 32768 --ds-rows 1024 2048 \
   --out "$OUT/contrastive_tile_sweep-$GPU.json"
-step attention 75 "$PY" -m kernels.bench attention --repeats 5 --warmup 2 --out "$OUT/attention-$GPU.json" \
+step attention 60 "$PY" -m kernels.bench attention --repeats 5 --warmup 2 --out "$OUT/attention-$GPU.json" \
   --shapes vit_b16_224 vit_b16_512 text_256_padded decoder_self_64 decoder_cross_64x197
 step train 60 "$PY" benchmarks/train_throughput.py gpu --warmup 3 --steps 12 --out "$OUT/train_throughput-$GPU.json"
 ls -la "$OUT"

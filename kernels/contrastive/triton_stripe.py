@@ -190,6 +190,7 @@ def _stripe_ds_kernel(
     keep, weight = _pair_rules(offs_m, offs_n, mask_m, mask_n, row_ids_ptr, key_ids_ptr, row_hot_ptr, key_hot_ptr,
                                row_pop_ptr, key_pop_ptr, stride_hot, offset, alpha,
                                BLOCK_M, BLOCK_N, BLOCK_C, LABEL_KIND, POSITIVES_LABELS, EXCLUDE, WEIGHTING)
+    s2 = tl.where(keep, s2, float("-inf"))  # dropped pairs: exp2 gives 0, never inf (alpha = 1 can drop a top pair)
     row_lse2 = tl.load(row_lse2_ptr + offs_m, mask=mask_m, other=0.0)
     row_grad = tl.load(row_grad_ptr + offs_m, mask=mask_m, other=0.0)
     p = tl.exp2(s2 - row_lse2[:, None]) * row_grad[:, None]
@@ -199,7 +200,7 @@ def _stripe_ds_kernel(
         p += tl.exp2(s2 - col_lse2[None, :]) * col_grad[None, :]
     if WEIGHTING != 0:
         p = p * weight
-    ds = tl.where(keep, p, 0.0)  # dropped and padded pairs: 0, whatever their exponentials were
+    ds = tl.where(keep, p, 0.0)  # padded rows and keys: 0
     tl.store(dscale_ptr + pid_m * tl.num_programs(1) + pid_n, tl.sum(tl.sum(ds * dot, 1), 0))
     tl.store(ds_ptr + (offs_m - row_start).to(tl.int64)[:, None] * stride_ds + offs_n[None, :],
              (ds * scale).to(ds_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])

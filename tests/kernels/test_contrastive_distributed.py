@@ -3,6 +3,7 @@ float64 single-process loss on the concatenated batch, for values and gradients,
 
 from __future__ import annotations
 
+import os
 import socket
 
 import pytest
@@ -68,7 +69,7 @@ def single_process_reference(case: str):
     return loss.detach().float(), image.grad.float(), text.grad.float(), scale.grad.float()
 
 
-def worker(rank: int, port: int, case: str) -> None:
+def worker(rank: int, port: int, case: str, backend: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     try:
         image, text, labels, queues = global_batch(case)
@@ -82,7 +83,7 @@ def worker(rank: int, port: int, case: str) -> None:
             return loss.detach(), img.grad, txt.grad, scale.grad
 
         ours = run(lambda i, t, s: distributed_contrastive_loss(i, t, s, labels=local_labels, chunk_size=8,
-                                                                **CASES[case][1], **queues))
+                                                                backend=backend, **CASES[case][1], **queues))
         if case == "identity":
             # same per-rank loss and embedding gradients; the scale's per-rank shares differ, their sum does not
             clip = ClipLoss(local_loss=True, gather_with_grad=True, rank=rank, world_size=WORLD)
@@ -109,7 +110,16 @@ def worker(rank: int, port: int, case: str) -> None:
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_two_gloo_ranks_match_open_clip_and_single_process(case):
-    mp.spawn(worker, args=(free_port(), case), nprocs=WORLD, join=True)
+    mp.spawn(worker, args=(free_port(), case, "chunked"), nprocs=WORLD, join=True)
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="the ranks hold CPU tensors: needs the "
+                    "Triton interpreter (set by tests/kernels/conftest.py on machines without CUDA)")
+@pytest.mark.parametrize("case", ["identity", "labels", "class_ids_queue"])
+def test_two_gloo_ranks_with_the_triton_kernels(case):
+    """The Triton stripe kernels (in the interpreter without a GPU, as the spawned ranks inherit
+    TRITON_INTERPRET from tests/kernels/conftest.py) under the same checks."""
+    mp.spawn(worker, args=(free_port(), case, "triton"), nprocs=WORLD, join=True)
 
 
 def test_not_distributed_is_the_plain_loss():

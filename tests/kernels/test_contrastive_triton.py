@@ -89,7 +89,7 @@ def _labels(gen: torch.Generator, kind: str, n: int) -> torch.Tensor | None:
     return {"none": None, "class": _class_ids, "bits": _multi_hot}[kind](gen, n) if kind != "none" else None
 
 
-@pytest.mark.parametrize("dim", [40, 24])
+@pytest.mark.parametrize("dim", [40, 70, 24])  # 70: several D chunks, the last one partial
 @pytest.mark.parametrize("case", list(LABEL_CASES))
 def test_square_batch_matches_reference(case, dim):
     gen = torch.Generator().manual_seed(list(LABEL_CASES).index(case) * 100 + dim)  # str hash() is salted
