@@ -13,10 +13,11 @@ the `offset` of the local block; `kernels.contrastive.distributed` passes only `
 texts) with `merge_columns`, so that one stripe serves both directions across processes too.
 
 Backends: "triton" (CUDA, or the CPU interpreter under TRITON_INTERPRET=1), "chunked" (pure torch, any
-device), "eager" (dense matrices, the benchmark baseline). The default picks, on CUDA, eager while the dense
-similarity matrix is small (at most EAGER_MAX_PAIRS query-key pairs; cuBLAS beat the v1 Triton kernels
-there, benchmarks/results/gpu-h100-notes.md; the v2 stripe kernels are not yet measured on a GPU) and
-triton above it, where memory decides; chunked elsewhere.
+device), "eager" (dense matrices, the benchmark baseline). The default picks chunked off CUDA (on CPU it is
+1.5x faster than open_clip and 2.5-3.6x faster than eager at B = 4096-8192, benchmarks/results/contrastive-cpu.json)
+and, on CUDA, eager while the dense similarity matrix is small (at most EAGER_MAX_PAIRS query-key pairs;
+cuBLAS beat the v1 Triton kernels there, benchmarks/results/gpu-h100-notes.md; the v2 stripe kernels are not
+yet measured on a GPU, benchmarks/gpu_session.sh does it) and triton above it, where memory decides.
 """
 
 from __future__ import annotations
