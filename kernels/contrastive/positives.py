@@ -9,6 +9,8 @@ non-empty label set. Identical label sets form groups, so with g(i) the group of
 and one index_add over the keys serves every row; a_i = scale <q_i, that sum>. The key weights v_j (no
 gradient) let the symmetric loss attribute the column targets a_j / c_j to the rows that hold them. These
 are plain torch expressions, so autograd differentiates them; the kernels only compute log-sum-exps.
+On CUDA, index_add accumulates with atomics: the group sums of label positives can differ between runs in
+their last bits unless torch.use_deterministic_algorithms(True) is set (identity positives use no sum).
 """
 
 from __future__ import annotations
