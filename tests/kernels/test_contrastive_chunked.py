@@ -85,6 +85,12 @@ def test_clear_errors():
         contrastive_loss(p.image, p.text, p.scale, backend="cuda")
     with pytest.raises(ValueError, match="weighting must be one of"):
         contrastive_loss(p.image, p.text, p.scale, labels=torch.zeros(8, dtype=torch.long), weighting="dice")
+    with pytest.raises(ValueError, match="needs merge_columns"):
+        contrastive_loss(p.image, p.text, p.scale, text_keys=p.text)
+    with pytest.raises(ValueError, match="image_keys needs text_keys"):
+        contrastive_loss(p.image, p.text, p.scale, image_keys=p.image)
+    with pytest.raises(ValueError, match="chunk_size must be >= 1"):
+        contrastive_loss(p.image, p.text, p.scale, chunk_size=0)
 
 
 def test_triton_backend_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
