@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from kernels.bench_contrastive_providers import PROVIDERS, flops
 from kernels.bench_memory import cpu_peaks
 
 CPU_PROVIDERS = ("chunked", "chunked_2dir", "eager", "open_clip")
+REPO = Path(__file__).resolve().parents[2]
 QUICK_BATCH, QUICK_DIM = (128, 256), (32,)
 
 
@@ -100,3 +102,18 @@ def test_targets_judge_the_measured_ratios():
     by_base = {t["baseline"]: t for t in found}
     assert by_base["open_clip"]["met"] and by_base["open_clip"]["ratio"] == pytest.approx(50 / 80)
     assert not by_base["chunked_2dir"]["met"]  # 1.4x faster, 1.5x required
+
+
+@pytest.mark.slow
+def test_tile_sweep_script_runs_in_the_interpreter(tmp_path):
+    """The GPU tile sweep, smoke-tested on CPU through the Triton interpreter: it loads the report's
+    candidates, runs both kernels per candidate against the default configuration and writes its results."""
+    out = tmp_path / "sweep.json"
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    cmd = [sys.executable, str(REPO / "benchmarks" / "contrastive_tile_sweep.py"), "--device", "cpu", "--batch", "64",
+           "--dims", "40", "--ds-rows", "64", "--limit", "2", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["kernel"] for r in rows} == {"fwd", "bwd"} and len(rows) == 4
+    assert all(r["err"] < 1e-4 and r["ms"] > 0 for r in rows), rows
