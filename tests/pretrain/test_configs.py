@@ -7,15 +7,31 @@ from pathlib import Path
 import pytest
 import torch
 
-from pretrain.config import load_config
+from pretrain.config import load_config, load_yaml
 from pretrain.model import build_vision_tower
 from pretrain.objectives import OBJECTIVES
+from pretrain.text_pretrain import TextPretrainConfig
 from pretrain.train import TrainConfig
 
-CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[2] / "pretrain" / "configs").glob("*.yaml")
-                 if "_text_" not in p.name)  # *_text_* configs are text-pretrain (MLM) configs, not TrainConfigs
+SHIPPED = sorted((Path(__file__).resolve().parents[2] / "pretrain" / "configs").glob("*.yaml"))
+CONFIGS = [p for p in SHIPPED if "_text_" not in p.name]  # *_text_* configs are text-pretrain (MLM) configs
 REALISTIC = {"flair_resnet50_512.yaml": ("resnet50", 512, 2048), "clip_vit_b16_224.yaml": ("vit_base_patch16_224",
              224, 768), "flair_vit_b16_512.yaml": ("vit_base_patch16_224", 512, 768)}
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_every_shipped_config_loads_into_its_config_class(path):
+    cls = TextPretrainConfig if "_text_" in path.name else TrainConfig
+    cfg = load_config(cls, path, ["--run.steps", "3"])
+    assert isinstance(cfg, cls) and cfg.run.steps == 3
+    assert cfg.run.dir == load_yaml(path)["run"]["dir"]  # the file's own value, over any base it names
+
+
+def test_base_chains_of_shipped_configs_resolve():
+    cfg = load_config(TrainConfig, CONFIGS[0].parent / "flair_vit_b16_512.yaml")  # base: clip_vit_b16_224.yaml
+    assert (cfg.model.vision.name, cfg.model.vision.image_size, cfg.engine.zero_stage) == \
+        ("vit_base_patch16_224", 512, 3)
+    assert cfg.data.shuffle_buffer == 5000 and cfg.method == "flair"  # from the base / from the child
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
