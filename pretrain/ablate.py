@@ -15,15 +15,15 @@ table and the exact command), ablation.json (every metric of every method) and a
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import shlex
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -43,23 +43,37 @@ COLUMNS = (("zs_aca", "ZS ACA"), ("zs_auc", "ZS AUC"), ("lp_aca", "LP ACA"), ("l
            ("bleu4", "BLEU-4"), ("rouge_l", "ROUGE-L"))
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", required=True, help="output folder (runs, data, ablation.md/json/png)")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="methods to compare")
-    p.add_argument("--steps", type=int, default=250, help="optimizer steps per method")
-    p.add_argument("--batch-size", type=int, default=32, help="samples per step (public + elite)")
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (the demo config's)")
-    p.add_argument("--seed", type=int, default=0, help="seed of data synthesis, model init and data order")
-    p.add_argument("--zero-stage", type=int, default=0, help="DeepSpeed ZeRO stage of every run")
-    p.add_argument("--public", help="public shard set (default: synthesise one under OUT/data)")
-    p.add_argument("--elite", help="elite shard set with a val split (default: synthesised)")
-    p.add_argument("--eval", dest="eval_shards", help="evaluation shard set with a test split (default: synthesised)")
-    p.add_argument("--synth", type=int, nargs=3, default=[600, 200, 200], metavar=("PUBLIC", "ELITE", "EVAL"),
-                   help="images to synthesise per set when no shard sets are given")
-    p.add_argument("--image-size", type=int, default=96, help="image side of the synthesised shards and the model")
-    p.add_argument("--k-shots", type=int, nargs="*", default=[], help="k-shot probes (none by default)")
-    return p
+Method = Literal["clip", "flair", "keepfit_v1", "keepfit_v2", "vilref"]
+
+
+@dataclass
+class AblateConfig:
+    out: str
+    """Output folder (runs, data, ablation.md/json/png)."""
+    methods: list[Method] = field(default_factory=lambda: list(METHODS))
+    """Methods to compare."""
+    steps: int = 250
+    """Optimizer steps per method."""
+    batch_size: int = 32
+    """Samples per step (public + elite)."""
+    lr: float = 2e-3
+    """Peak learning rate (the demo config's)."""
+    seed: int = 0
+    """Seed of data synthesis, model init and data order."""
+    zero_stage: int = 0
+    """DeepSpeed ZeRO stage of every run."""
+    public: str | None = None
+    """Public shard set (default: synthesise one under OUT/data)."""
+    elite: str | None = None
+    """Elite shard set with a val split (default: synthesised)."""
+    eval_shards: str | None = None
+    """Evaluation shard set with a test split (default: synthesised); also --eval."""
+    synth: list[int] = field(default_factory=lambda: [600, 200, 200])
+    """Images to synthesise per set (public, elite, eval) when no shard sets are given."""
+    image_size: int = 96
+    """Image side of the synthesised shards and the model."""
+    k_shots: list[int] = field(default_factory=list)
+    """k-shot probes (none by default)."""
 
 
 def build_benchmark(out: Path, counts: list[int], seed: int, image_size: int) -> dict[str, Path]:
@@ -85,7 +99,7 @@ def build_benchmark(out: Path, counts: list[int], seed: int, image_size: int) ->
     return sets
 
 
-def train_command(method: str, run_dir: Path, sets: dict[str, Path], args: argparse.Namespace) -> list[str]:
+def train_command(method: str, run_dir: Path, sets: dict[str, Path], args: AblateConfig) -> list[str]:
     config, extra = METHOD_CONFIGS[method]
     elite = args.batch_size // 4
     paired = method in ("keepfit_v1", "keepfit_v2")
@@ -128,7 +142,7 @@ def _fmt(v: Any) -> str:
     return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.3f}"
 
 
-def markdown(rows: dict[str, dict[str, float]], notes: list[str], command: str, args: argparse.Namespace) -> str:
+def markdown(rows: dict[str, dict[str, float]], notes: list[str], command: str, args: AblateConfig) -> str:
     head = ["method", *(title for _, title in COLUMNS), "final loss"]
     lines = ["# Ablation: every method on the same budget (synthetic benchmark)", "",
              f"Command: `{command}`", "",
@@ -171,8 +185,11 @@ def plot(rows: dict[str, dict[str, float]], path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
-def cli_main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
+def run_ablation(args: AblateConfig, argv: list[str]) -> int:
+    """Train and evaluate every method of `args`; `argv` is recorded as the command in ablation.md."""
+    if len(args.synth) != 3:
+        print(f"{PROG}: error: --synth takes three counts: PUBLIC ELITE EVAL", file=sys.stderr)
+        return 2
     from pretrain.evaluate import EvalConfig, evaluate, load_run_model
     from pretrain.objectives import OBJECTIVES
 

@@ -1,11 +1,13 @@
 """`retina-pretrain` (also `python -m pretrain`): training, evaluation, methods, HF export.
 
     retina-pretrain train --config pretrain/configs/demo_cpu.yaml [--run.steps 20 --engine.lr 3e-4 ...]
-    retina-pretrain train --help-config          # every dotted key with its type, default and help
+    retina-pretrain train --help                 # every dotted option with its type, default and docstring
+    retina-pretrain train --config ... --print_config   # the resolved config as YAML
     retina-pretrain eval | text-pretrain | ablate | export-hf | import-hf --help
 
-Each command lives in its own module as `cli_main(argv) -> exit status` (COMMANDS below), imported only when
-run, so `--help` stays fast and a command's heavy imports never slow another.
+Each command lives in its own module of pretrain.commands as `cli_main(argv) -> exit status` (COMMANDS below),
+imported only when run, so a command's heavy imports never slow another. Every command parses its options
+with jsonargparse from a dataclass whose field docstrings are the help (shards.commandline).
 """
 
 from __future__ import annotations
@@ -20,12 +22,15 @@ PROG = "retina-pretrain"
 
 # command -> (module with cli_main, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("pretrain.train", "pretrain a model: --config PATH, --help-config, dotted overrides (--run.steps 20)"),
-    "eval": ("pretrain.evaluate", "evaluate a checkpoint: zero-shot, linear/k-shot probes, retrieval, report"),
-    "export-hf": ("pretrain.hf.export", "write a checkpoint as a Hugging Face transformers directory"),
-    "import-hf": ("pretrain.hf.importer", "initialise training from an exported Hugging Face directory"),
-    "text-pretrain": ("pretrain.text_pretrain", "KeepFIT V2 stage 1: masked-language pretraining of the text tower"),
-    "ablate": ("pretrain.ablate", "train and evaluate every method on the same budget; comparison table + plot"),
+    "train": ("pretrain.commands.train", "pretrain a model: --config PATH, dotted overrides (--run.steps 20), "
+              "--print_config"),
+    "eval": ("pretrain.commands.evaluate", "evaluate a checkpoint: zero-shot, linear/k-shot probes, retrieval, report"),
+    "export-hf": ("pretrain.commands.export_hf", "write a checkpoint as a Hugging Face transformers directory"),
+    "import-hf": ("pretrain.commands.import_hf", "initialise training from an exported Hugging Face directory"),
+    "text-pretrain": ("pretrain.commands.text_pretrain",
+                      "KeepFIT V2 stage 1: masked-language pretraining of the text tower"),
+    "ablate": ("pretrain.commands.ablate",
+               "train and evaluate every method on the same budget; comparison table + plot"),
 }
 
 

@@ -25,12 +25,10 @@ Results go to OUT/metrics.json (default RUN_DIR/eval; confusion matrices inside,
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,14 +36,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from pretrain.config import field_docs
 from pretrain.metrics import classification_report, retrieval_recall_at_k
 from pretrain.probes import k_shot_indices, linear_probe, zero_shot_scores
 
-__all__ = ["DR_GRADES", "EvalConfig", "EvalInputError", "class_order", "class_prompts", "cli_main", "evaluate",
-           "format_table", "load_run_model", "score_dataset", "stratified_split"]
+__all__ = ["DR_GRADES", "EvalConfig", "EvalInputError", "class_order", "class_prompts", "evaluate",
+           "load_run_model", "score_dataset", "stratified_split"]
 
-PROG = "retina-pretrain eval"
 DR_GRADES = ("no diabetic retinopathy", "mild diabetic retinopathy", "moderate diabetic retinopathy",
              "severe diabetic retinopathy", "proliferative diabetic retinopathy")
 PROBE_METRICS = ("aca", "macro_f1", "auc", "kappa")
@@ -385,103 +381,9 @@ def _finite_or_none(obj: Any) -> Any:
     return obj
 
 
-def _fmt(value: Any) -> str:
-    return "-" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.3f}"
-
-
-def format_table(metrics: dict[str, Any]) -> str:
-    """A compact fixed-width summary: one line per dataset, then the retrieval line."""
-    ks = sorted({int(k) for d in metrics["datasets"].values() for k in d.get("k_shot", {})})
-    head = ["dataset", "C", "n", "ZS ACA", "ZS F1", "ZS AUC", "ZS kappa", "LP ACA", "LP AUC"]
-    head += [f"{k}-shot ACA" for k in ks]
-    rows = [head]
-    for name, d in metrics["datasets"].items():
-        zs, lp = d["zero_shot"], d.get("linear_probe", {})
-        row = [name, str(len(d["classes"])), str(d["n"]), _fmt(zs["aca"]), _fmt(zs["macro_f1"]), _fmt(zs["auc"]),
-               _fmt(zs.get("kappa")), _fmt(lp.get("aca")), _fmt(lp.get("auc"))]
-        row += [_fmt(d.get("k_shot", {}).get(str(k), {}).get("aca")) for k in ks]
-        rows.append(row)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-             for r in rows]
-    if "retrieval" in metrics:
-        r = metrics["retrieval"]
-        lines.append(f"retrieval ({r['n']} pairs): " + "  ".join(
-            f"{d}_R@{k} {_fmt(r[f'{d}_R@{k}'])}" for d in ("i2t", "t2i") for k in (1, 5, 10)))
-    if "captioning" in metrics:
-        c = metrics["captioning"]
-        lines.append(f"captioning ({c['n']} images): BLEU-4 {_fmt(c['bleu4'])}  ROUGE-L {_fmt(c['rouge_l'])}")
-    return "\n".join(lines)
-
-
 def write_metrics(metrics: dict[str, Any], out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "metrics.json"
     path.write_text(json.dumps(_finite_or_none(metrics), indent=2) + "\n", encoding="utf-8")
     return path
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-def _parser() -> argparse.ArgumentParser:
-    docs, d = field_docs(EvalConfig), EvalConfig()  # one source of defaults and help: the dataclass
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--run", required=True, metavar="RUN_DIR", help=docs["run"])
-    p.add_argument("--checkpoint", metavar="PATH", help=docs["checkpoint"])
-    p.add_argument("--eval-shards", required=True, metavar="DIR", help=docs["eval_shards"])
-    p.add_argument("--split", default=d.split, help=docs["split"])
-    p.add_argument("--retrieval-shards", metavar="DIR", help=docs["retrieval_shards"])
-    p.add_argument("--retrieval-split", default=d.retrieval_split, help=docs["retrieval_split"])
-    p.add_argument("--out", metavar="DIR", help=docs["out"])
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help=docs["batch_size"])
-    p.add_argument("--k-shots", type=int, nargs="*", default=d.k_shots, metavar="K",
-                   help=docs["k_shots"] + " Give no value to skip k-shot probes.")
-    p.add_argument("--k-shot-repeats", type=int, default=d.k_shot_repeats, help=docs["k_shot_repeats"])
-    p.add_argument("--probe-train-fraction", type=float, default=d.probe_train_fraction,
-                   help=docs["probe_train_fraction"])
-    p.add_argument("--seed", type=int, default=d.seed, help=docs["seed"])
-    p.add_argument("--no-linear-probe", dest="linear_probe", action="store_false", help="skip the probes")
-    p.add_argument("--no-prompt-ensemble", dest="prompt_ensemble", action="store_false",
-                   help="zero-shot with the first template only")
-    p.add_argument("--no-prompt-description", dest="prompt_description", action="store_false",
-                   help="leave the clinical descriptions out of the prompts")
-    p.add_argument("--report", action="store_true", help=docs["report"])
-    p.add_argument("--device", help=docs["device"])
-    return p
-
-
-def cli_main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
-    cfg = EvalConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EvalConfig)})
-    try:
-        return _run(cfg)
-    except EvalInputError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
-
-
-def _run(cfg: EvalConfig) -> int:
-    assert cfg.run is not None
-    if cfg.batch_size < 1 or cfg.k_shot_repeats < 1 or any(k < 1 for k in cfg.k_shots):
-        raise EvalInputError("--batch-size, --k-shot-repeats and every --k-shots value must be >= 1")
-    if not 0.0 < cfg.probe_train_fraction < 1.0:
-        raise EvalInputError(f"--probe-train-fraction must be in (0, 1), got {cfg.probe_train_fraction}")
-    # Check the shard sets before the (slower) model load, so a typo fails in a second.
-    _shard_urls_or_fail(cfg.eval_shards, cfg.split)  # type: ignore[arg-type]
-    if cfg.retrieval_shards is not None:
-        _shard_urls_or_fail(cfg.retrieval_shards, cfg.retrieval_split)
-    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer, _ = load_run_model(cfg.run, cfg.checkpoint, device)
-    metrics = {"run": str(cfg.run), "checkpoint": str(cfg.checkpoint or cfg.run), **evaluate(model, tokenizer, cfg)}
-    out_dir = Path(cfg.out) if cfg.out else Path(cfg.run) / "eval"
-    path = write_metrics(metrics, out_dir)
-    print(format_table(metrics))
-    print(f"metrics: {path}")
-    if cfg.report:
-        from pretrain.report import write_report
-
-        print(f"report: {write_report(cfg.run, metrics, out_dir)}")
-    return 0

@@ -1,7 +1,7 @@
 """`retina-pretrain text-pretrain`: KeepFIT V2 stage 1, masked-language pretraining of the text tower.
 
     retina-pretrain text-pretrain --config pretrain/configs/keepfit_v2_text_cpu.yaml [--run.steps 50 ...]
-    retina-pretrain text-pretrain --help-config        # every dotted key with its type, default and help
+    retina-pretrain text-pretrain --help               # every dotted option with its type, default and help
 
 The ophthalmic corpus (`build_corpus`) is every distinct text of: the captions (`txt`) of the given shard sets'
 split (the elite set's expert captions), the clinical description of every knowledge-file category, and the
@@ -30,7 +30,6 @@ import functools
 import hashlib
 import json
 import logging
-import sys
 import tarfile
 import time
 from collections.abc import Iterable, Sequence
@@ -46,10 +45,9 @@ from pretrain.model import TextConfig
 from pretrain.train import RunConfig
 
 __all__ = ["CorpusConfig", "MLMConfig", "MaskedLM", "TextPretrainConfig", "batch_indices", "build_corpus",
-           "build_mlm_model", "cli_main", "mask_tokens", "mlm_loss", "save_text_model", "text_pretrain"]
+           "build_mlm_model", "mask_tokens", "mlm_loss", "save_text_model", "text_pretrain"]
 
 log = logging.getLogger("pretrain.text_pretrain")
-PROG = "retina-pretrain text-pretrain"
 IGNORE = -100
 
 
@@ -330,22 +328,3 @@ def text_pretrain(cfg: TextPretrainConfig) -> dict[str, Any]:
         print(f"done at step {step} | text model for stage 2 (model.text.name_or_path): {out}", flush=True)
     return {"step": step, "start_step": start, "loss": losses[-1] if losses else None, "losses": losses,
             "skipped": skipped, "out": str(out), "corpus": len(corpus)}
-
-
-def cli_main(argv: list[str]) -> int:
-    """`retina-pretrain text-pretrain`: defaults < --config YAML < dotted overrides, then stage 1."""
-    from pretrain.config import parse_cli
-
-    if argv and argv[0] in ("-h", "--help"):
-        print(f"usage: {PROG} [--config PATH] [--help-config] [--section.key VALUE ...]\n\n{__doc__}")
-        return 0
-    cfg, _ = parse_cli(TextPretrainConfig, argv, prog=PROG)
-    try:
-        text_pretrain(cfg)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
-    finally:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-    return 0

@@ -39,7 +39,7 @@ from pretrain.engine import EngineConfig, NonFiniteLoss, build_engine, init_dist
 from pretrain.model import ModelConfig, build_model, offline_minilm_path
 from pretrain.objectives import build_objective, weighted_total
 
-__all__ = ["OFFLINE_MINILM", "RunConfig", "TrainConfig", "cli_main", "resolve_text_path", "train"]
+__all__ = ["OFFLINE_MINILM", "RunConfig", "TrainConfig", "resolve_text_path", "train"]
 
 log = logging.getLogger("pretrain.train")
 
@@ -268,18 +268,3 @@ def _checkpoint(engine: Any, run_dir: Path, step: int, hook: CheckpointHook | No
     if hook is not None:
         hook(step, path)
 
-
-
-def cli_main(argv: list[str]) -> int:
-    """`retina-pretrain train`: defaults < --config YAML < dotted overrides, then train."""
-    from pretrain.config import parse_cli
-
-    cfg, _ = parse_cli(TrainConfig, argv, prog="retina-pretrain train")
-    try:
-        train(cfg)
-    finally:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-    return 0

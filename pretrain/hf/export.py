@@ -35,7 +35,6 @@ an error never leaves a partial OUT. Only safetensors and JSON are written, noth
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import inspect
 import json
@@ -43,7 +42,6 @@ import logging
 import math
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -52,7 +50,7 @@ import torch
 
 from pretrain.consolidate import CheckpointError, find_run_config, load_model_state_dict, resolve_checkpoint
 
-__all__ = ["ExportError", "build_hf_config", "caption_decoder_config", "cli_main", "export_hf", "export_text_only",
+__all__ = ["ExportError", "build_hf_config", "caption_decoder_config", "export_hf", "export_text_only",
            "export_vision_only", "model_config_from_run", "write_atomically"]
 
 log = logging.getLogger("pretrain.hf.export")
@@ -468,31 +466,3 @@ def export_hf(checkpoint: str | Path, out: str | Path, *, config: str | Path | N
         return write_atomically(out, lambda tmp: export_text_only(tmp, state_dict, hf_config.text_config,
                                                                   _tokenizer(cfg)), overwrite)
     return write_atomically(out, fill_full, overwrite)
-
-
-def cli_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="retina-pretrain export-hf", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]))
-    parser.add_argument("checkpoint", help="run dir, checkpoints dir (with `latest`) or checkpoint tag folder")
-    parser.add_argument("out", help="output folder (must not exist unless --overwrite)")
-    parser.add_argument("--config", help="the run's resolved config.yaml (default: found beside the checkpoint)")
-    parser.add_argument("--eval", dest="eval_results", help="JSON of evaluation results for the model card table")
-    parser.add_argument("--caption-decoder-heads", type=int, help="attention heads of the caption decoder, when "
-                        "the run config does not say (model.caption_decoder.num_heads)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT (atomically)")
-    parser.add_argument("--no-verify", action="store_true", help="skip comparing features with the training model")
-    only = parser.add_mutually_exclusive_group()
-    only.add_argument("--vision-only", action="store_true", help="write a timm folder of the image tower")
-    only.add_argument("--text-only", action="store_true", help="write a transformers folder of the text tower")
-    args = parser.parse_args(argv)
-    mode = "vision" if args.vision_only else "text" if args.text_only else "full"
-    try:
-        out = export_hf(args.checkpoint, args.out, config=args.config, eval_results=args.eval_results,
-                        caption_decoder_heads=args.caption_decoder_heads, overwrite=args.overwrite,
-                        verify=not args.no_verify, mode=mode)
-    except (CheckpointError, ExportError, FileNotFoundError) as err:
-        print(f"retina-pretrain export-hf: error: {err}", file=sys.stderr)
-        return 1
-    print(f"exported {args.checkpoint} -> {out}")
-    return 0

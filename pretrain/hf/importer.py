@@ -19,19 +19,17 @@ export instead of a checkpoint.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["HFImportError", "cli_main", "load_export", "load_init_weights", "train_config_from_export"]
+__all__ = ["HFImportError", "load_export", "load_init_weights", "split_export", "train_config_from_export"]
 
 log = logging.getLogger("pretrain.hf.importer")
 
@@ -140,7 +138,8 @@ def train_config_from_export(directory: str | Path, base: str | Path | None = No
     return from_dict(TrainConfig, data, where=str(base) if base else "import-hf")
 
 
-def _split(directory: str, out: str, which: str, overwrite: bool) -> Path:
+def split_export(directory: str, out: str, which: str, overwrite: bool) -> Path:
+    """Write the vision or text tower of an export folder as its own folder (export-hf's --vision-only/--text-only)."""
     from transformers import AutoTokenizer
 
     from pretrain.hf.export import export_text_only, export_vision_only, write_atomically
@@ -151,36 +150,3 @@ def _split(directory: str, out: str, which: str, overwrite: bool) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(directory)
     return write_atomically(out, lambda tmp: export_text_only(tmp, weights, config["text_config"], tokenizer),
                             overwrite)
-
-
-def cli_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="retina-pretrain import-hf", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]))
-    parser.add_argument("dir", help="a folder written by retina-pretrain export-hf")
-    what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--out", help="write a training config (YAML) initialised from DIR here")
-    what.add_argument("--vision-only", metavar="OUT", help="write a timm folder of the image tower")
-    what.add_argument("--text-only", metavar="OUT", help="write a transformers folder of the text tower")
-    parser.add_argument("--base", help="config whose other sections (run, data, engine, method) to keep")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    args = parser.parse_args(argv)
-    from pretrain.hf.export import ExportError
-
-    try:
-        if args.out:
-            from pretrain.config import save_config
-
-            out = Path(args.out)
-            if out.exists() and not args.overwrite:
-                raise HFImportError(f"{str(out)!r} already exists (pass --overwrite to replace it)")
-            save_config(train_config_from_export(args.dir, args.base), out)
-            print(f"wrote {out}: train with `retina-pretrain train --config {out}`")
-        else:
-            which = "vision" if args.vision_only else "text"
-            out = _split(args.dir, args.vision_only or args.text_only, which, args.overwrite)
-            print(f"wrote {out}")
-    except (HFImportError, ExportError, FileNotFoundError, ValueError) as err:
-        print(f"retina-pretrain import-hf: error: {err}", file=sys.stderr)
-        return 1
-    return 0

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from pretrain.evaluate import DR_GRADES, EvalConfig, class_order, class_prompts, cli_main, score_dataset, \
-    stratified_split
+from pretrain.commands.evaluate import cli_main
+from pretrain.evaluate import DR_GRADES, EvalConfig, class_order, class_prompts, score_dataset, stratified_split
 from shards.knowledge import load_knowledge
 
 REPO = Path(__file__).resolve().parents[2]
@@ -244,7 +244,8 @@ def test_help_lists_the_options():
     result = subprocess.run([sys.executable, "-m", "pretrain", "eval", "--help"], capture_output=True, text=True,
                             cwd=REPO, env=ENV, timeout=60)
     assert result.returncode == 0
-    for option in ("--run", "--checkpoint", "--eval-shards", "--retrieval-shards", "--k-shots", "--report"):
+    for option in ("--run", "--checkpoint", "--eval_shards", "--retrieval_shards", "--k_shots", "--report",
+                   "--print_config", "--eval-shards"):  # the last in the note on argparse-era spellings
         assert option in result.stdout
 
 

@@ -294,8 +294,8 @@ def export2(run2, tmp_path_factory) -> Path:
 
 @pytest.mark.multiproc
 def test_import_hf_config_initialises_training_model(export2, run2, tmp_path):
+    from pretrain.commands.import_hf import cli_main
     from pretrain.config import load_config
-    from pretrain.hf.importer import cli_main
     from pretrain.model import build_model
     from pretrain.train import TrainConfig, resolve_text_path
 
@@ -320,8 +320,8 @@ def test_vision_only_and_text_only_exports(export2, run2, tmp_path):
     from safetensors.torch import load_file
     from transformers import AutoModel, AutoTokenizer
 
+    from pretrain.commands.import_hf import cli_main
     from pretrain.hf.export import export_hf
-    from pretrain.hf.importer import cli_main
 
     ref, x = _reference(run2), _inputs()
     assert cli_main([str(export2), "--vision-only", str(tmp_path / "vision")]) == 0

@@ -1,0 +1,25 @@
+"""`retina-pretrain text-pretrain`: defaults < --config YAML < dotted overrides, then KeepFIT V2 stage 1."""
+
+from __future__ import annotations
+
+import sys
+
+PROG = "retina-pretrain text-pretrain"
+
+
+def cli_main(argv: list[str]) -> int:
+    import torch
+
+    from pretrain import text_pretrain as stage1
+    from pretrain.config import parse_cli
+
+    cfg, _ = parse_cli(stage1.TextPretrainConfig, argv, prog=PROG, description=stage1.__doc__)
+    try:
+        stage1.text_pretrain(cfg)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    return 0

@@ -1,0 +1,25 @@
+"""`retina-pretrain train`: defaults < --config YAML (with its `base:` chain) < dotted overrides, then train.
+
+    retina-pretrain train --config pretrain/configs/demo_cpu.yaml --run.steps 20 --engine.lr 3e-4
+    retina-pretrain train --help                      # every dotted option with its type, default and docstring
+    retina-pretrain train --config ... --print_config # the resolved config as YAML (loadable with --config)
+"""
+
+from __future__ import annotations
+
+PROG = "retina-pretrain train"
+
+
+def cli_main(argv: list[str]) -> int:
+    from pretrain.config import parse_cli
+    from pretrain.train import TrainConfig, train
+
+    cfg, _ = parse_cli(TrainConfig, argv, prog=PROG, description=__doc__)
+    try:
+        train(cfg)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
