@@ -1,103 +1,153 @@
-"""`retina-shards` (also `python -m shards`): synthesize data, build, verify, inspect and summarise shards."""
+"""`retina-shards` (also `python -m shards`): synthesize data, build, verify, inspect and summarise shards.
+
+Each command's options are a dataclass below (field docstrings are the help; shards.commandline): `--help`
+after a command lists them, `--config FILE` reads them from YAML and `--print_config` prints them. The
+argparse-era spellings keep working: `--image-size 64` for `--image_size 64`, `--source A --source B`.
+"""
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
-from shards.images import DEFAULT_MAX_PIXELS, FORMATS
+from shards.commandline import Command, parse_command, subcommand_parser
+from shards.images import DEFAULT_MAX_PIXELS
 from shards.readers.table import SourceError
 
-
-def _add_synth(sub) -> None:
-    p = sub.add_parser("synth", help="render a synthetic fundus dataset in the real on-disk layouts")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--public", type=int, default=600, help="public categorical images (FLAIR dataframes)")
-    p.add_argument("--elite", type=int, default=200, help="elite image-caption pairs (MM-Retinal layout)")
-    p.add_argument("--eval", type=int, default=200, help="images in the evaluation splits")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--image-size", type=int, default=256, help="side of the rendered images in pixels")
+__all__ = ["BuildArgs", "COMMANDS", "build_config", "main", "parser", "run"]
 
 
-def _add_render(sub) -> None:
-    p = sub.add_parser("render", help="render stand-in pixels for an existing dataframe's image paths")
-    p.add_argument("dataframe", type=Path, help="a FLAIR (,image,atributes,categories) or caption CSV")
-    p.add_argument("--image-root", type=Path, required=True, help="where the rows' relative paths land")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--image-size", type=int, default=256)
-    p.add_argument("--limit", type=int, default=None, help="render only the first N rows")
+@dataclass
+class SynthArgs:
+    out: Path
+    """Output folder."""
+    public: int = 600
+    """Public categorical images (FLAIR dataframes)."""
+    elite: int = 200
+    """Elite image-caption pairs (MM-Retinal layout)."""
+    eval: int = 200
+    """Images in the evaluation splits."""
+    seed: int = 0
+    """Seed of the synthetic images and labels."""
+    image_size: int = 256
+    """Side of the rendered images in pixels."""
 
 
-def _add_build(sub) -> None:
-    p = sub.add_parser("build", help="build WebDataset shards from one or more sources")
-    p.add_argument("--out", type=Path, required=True, help="shard set folder (index.json, *.tar)")
-    p.add_argument("--source", action="append", required=True, metavar="KIND:PATH[:IMAGE_ROOT]",
-                   help="flair | captions | mm-retinal | manifest; repeat for several sources")
-    p.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
-    p.add_argument("--image-size", type=int, default=0,
-                   help="resize onto a square canvas of this side, aspect kept (0 keeps the original)")
-    p.add_argument("--format", dest="image_format", choices=FORMATS, default="jpg", help="image encoding")
-    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                   help="reject larger images as decompression bombs")
-    p.add_argument("--split", default="train=100",
-                   help="split rule for rows without their own split, by key hash: e.g. train=98,val=2")
-    p.add_argument("--order", choices=("shuffle", "source"), default="shuffle",
-                   help="sample order inside a split: seeded key-hash shuffle mixes datasets across shards")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes")
+@dataclass
+class RenderArgs:
+    dataframe: Path
+    """A FLAIR (,image,atributes,categories) or caption CSV."""
+    image_root: Path
+    """Where the rows' relative paths land."""
+    seed: int = 0
+    """Seed of the rendered pixels."""
+    image_size: int = 256
+    """Side of the rendered images in pixels."""
+    limit: int | None = None
+    """Render only the first N rows."""
 
 
-def _add_readers(sub) -> None:
-    p = sub.add_parser("verify", help="re-hash, decode every sample, reconcile counts; exit 1 on any problem")
-    p.add_argument("dir", type=Path)
-    p = sub.add_parser("inspect", help="print samples")
-    p.add_argument("dir", type=Path)
-    p.add_argument("-n", "--num", type=int, default=5, help="how many samples")
-    p.add_argument("--split", default=None)
-    p = sub.add_parser("stats", help="counts by dataset, modality, split and category")
-    p.add_argument("dir", type=Path)
-    p.add_argument("--plot", type=Path, default=None, help="write bar charts to this PNG")
-    p.add_argument("--json", action="store_true", help="print the statistics as JSON")
+@dataclass
+class BuildArgs:
+    out: Path
+    """Shard set folder (index.json, *.tar)."""
+    source: list[str]
+    """KIND:PATH[:IMAGE_ROOT] with KIND flair | captions | mm-retinal | manifest; repeat for several sources."""
+    shard_size: int = 1000
+    """Samples per shard."""
+    image_size: int = 0
+    """Resize onto a square canvas of this side, aspect kept (0 keeps the original)."""
+    format: Literal["jpg", "png"] = "jpg"
+    """Image encoding."""
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    """Reject larger images as decompression bombs."""
+    split: str = "train=100"
+    """Split rule for rows without their own split, by key hash: e.g. train=98,val=2."""
+    order: Literal["shuffle", "source"] = "shuffle"
+    """Sample order inside a split: a seeded key-hash shuffle mixes datasets across shards; source keeps it."""
+    seed: int = 0
+    """Seed of the shuffle and the split hash."""
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    """Worker processes (the output is byte-identical whatever the number)."""
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="retina-shards", description=__doc__)
+@dataclass
+class DirArgs:
+    dir: Path
+    """Shard set folder."""
+
+
+@dataclass
+class InspectArgs(DirArgs):
+    num: int = 5
+    """How many samples to print (also -n)."""
+    split: str | None = None
+    """Only samples of this split."""
+
+
+@dataclass
+class StatsArgs(DirArgs):
+    plot: Path | None = None
+    """Write bar charts to this PNG."""
+    json: bool = False
+    """Print the statistics as JSON."""
+
+
+COMMANDS: dict[str, Command] = {
+    "synth": Command(SynthArgs, "render a synthetic fundus dataset in the real on-disk layouts"),
+    "render": Command(RenderArgs, "render stand-in pixels for an existing dataframe's image paths",
+                      positional=("dataframe",)),
+    "build": Command(BuildArgs, "build WebDataset shards from one or more sources"),
+    "verify": Command(DirArgs, "re-hash, decode every sample, reconcile counts; exit 1 on any problem",
+                      positional=("dir",)),
+    "inspect": Command(InspectArgs, "print samples", positional=("dir",), aliases={"-n": "num"}),
+    "stats": Command(StatsArgs, "counts by dataset, modality, split and category", positional=("dir",)),
+}
+
+
+def parser():
+    p = subcommand_parser(COMMANDS, prog="retina-shards", description=__doc__)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
-    sub = p.add_subparsers(dest="command", required=True)
-    for add in (_add_synth, _add_render, _add_build, _add_readers):
-        add(sub)
     return p
 
 
-def run(args: argparse.Namespace) -> int:
-    progress = not args.quiet
-    if args.command == "synth":
+def build_config(args: BuildArgs, progress: bool) -> Any:
+    """The shards.build.BuildConfig of `build` options (shared with `retina-cluster shards`)."""
+    from shards.build import BuildConfig
+
+    return BuildConfig(out=args.out, sources=list(args.source), shard_size=args.shard_size,
+                       image_size=args.image_size, image_format=args.format, max_pixels=args.max_pixels,
+                       split=args.split, order=args.order, seed=args.seed, workers=args.workers, progress=progress)
+
+
+def build_summary(out: Path, totals: dict[str, int]) -> str:
+    return (f"{out}: rows read {totals['rows_read']} = written {totals['written']} + rejected {totals['rejected']} "
+            f"+ duplicates {totals['duplicates']}")
+
+
+def run(command: str, args: Any, progress: bool) -> int:
+    if command == "synth":
         from shards.synth import synthesize
 
         summary = synthesize(args.out, public=args.public, elite=args.elite, eval=args.eval, seed=args.seed,
                              image_size=args.image_size, progress=progress)
         print(json.dumps(summary, indent=1))
-    elif args.command == "render":
+    elif command == "render":
         from shards.synth import render_for_dataframe
 
         count = render_for_dataframe(args.dataframe, args.image_root, seed=args.seed,
                                      image_size=args.image_size, limit=args.limit)
         print(f"rendered {count} images under {args.image_root}")
-    elif args.command == "build":
-        from shards.build import BuildConfig, build
+    elif command == "build":
+        from shards.build import build
 
-        cfg = BuildConfig(out=args.out, sources=args.source, shard_size=args.shard_size,
-                          image_size=args.image_size, image_format=args.image_format, max_pixels=args.max_pixels,
-                          split=args.split, order=args.order, seed=args.seed, workers=args.workers,
-                          progress=progress)
-        t = build(cfg)["totals"]
-        print(f"{args.out}: rows read {t['rows_read']} = written {t['written']} + rejected {t['rejected']} "
-              f"+ duplicates {t['duplicates']}")
-    elif args.command == "verify":
+        print(build_summary(args.out, build(build_config(args, progress))["totals"]))
+    elif command == "verify":
         from shards.verify import verify
 
         problems = verify(args.dir, progress=progress)
@@ -105,14 +155,14 @@ def run(args: argparse.Namespace) -> int:
             print(problem)
         print(f"{args.dir}: {'FAILED, ' + str(len(problems)) + ' problem(s)' if problems else 'OK'}")
         return 1 if problems else 0
-    elif args.command == "inspect":
+    elif command == "inspect":
         from shards.summary import describe, iter_samples
 
         for number, (shard, sample) in enumerate(iter_samples(args.dir, args.split)):
             if number >= args.num:
                 break
             print(describe(shard, sample))
-    elif args.command == "stats":
+    elif command == "stats":
         from shards.summary import compute_stats, format_stats, plot_stats
 
         stats = compute_stats(args.dir)
@@ -124,13 +174,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+    argv = list(sys.argv[1:] if argv is None else argv)
+    quiet = any(a in ("-q", "--quiet") for a in argv[:next((i for i, a in enumerate(argv) if a in COMMANDS), 0)])
+    command, args = parse_command(parser(), argv)
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
-        return run(args)
+        return run(command, args, progress=not quiet)
     except (SourceError, ValueError, FileNotFoundError) as exc:
-        print(f"retina-shards {args.command}: error: {exc}", file=sys.stderr)
+        print(f"retina-shards {command}: error: {exc}", file=sys.stderr)
         return 2
 
 
