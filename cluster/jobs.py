@@ -63,12 +63,12 @@ def absolute_paths(train_args: list[str], base: Path) -> list[str]:
 
 def entrypoint(train_args: list[str], *, workers: int = 2, use_gpu: bool = False, cpus_per_worker: float = 1,
                gpus_per_worker: float | None = None, max_failures: int = 2) -> str:
-    cmd = ["python", "-m", "cluster.train_job", "--workers", str(workers), "--cpus-per-worker",
-           str(cpus_per_worker), "--max-failures", str(max_failures)]
+    cmd = ["python", "-m", "cluster.train_job", "--workers", str(workers), "--cpus_per_worker",
+           str(cpus_per_worker), "--max_failures", str(max_failures)]
     if use_gpu:
-        cmd += ["--use-gpu"]
+        cmd += ["--use_gpu", "true"]
     if gpus_per_worker is not None:
-        cmd += ["--gpus-per-worker", str(gpus_per_worker)]
+        cmd += ["--gpus_per_worker", str(gpus_per_worker)]
     return shlex.join(cmd + list(train_args))
 
 

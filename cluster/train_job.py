@@ -1,7 +1,8 @@
 """The Ray Train launcher: `python -m cluster.train_job [launcher flags] [pretrain config args]`.
 
-    python -m cluster.train_job --workers 2 --max-failures 2 --config pretrain/configs/demo_cpu.yaml \
+    python -m cluster.train_job --workers 2 --max_failures 2 --config pretrain/configs/demo_cpu.yaml \
         --run.dir /shared/runs/x --run.steps 100
+    python -m cluster.train_job --help     # the launcher options, then every option of retina-pretrain train
 
 A `TorchTrainer` starts `--workers` Ray workers; Ray Train creates the torch process group (gloo on CPU, nccl
 on GPU) and sets RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR, so `pretrain.engine.init_distributed_env` finds it
@@ -23,26 +24,44 @@ Steps done after the last checkpoint and before the failure are redone (with tho
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "parse_args", "train_worker"]
+from pretrain.train import TrainConfig  # imports no DeepSpeed: train_worker still picks its accelerator first
+
+__all__ = ["TrainJobArgs", "main", "parse_args", "train_worker"]
 
 
-def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    """Launcher flags; everything else is passed to the pretrain config (--config, --section.field ...)."""
-    p = argparse.ArgumentParser(prog="python -m cluster.train_job", allow_abbrev=False,
-                                description="Run retina-pretrain training on Ray Train workers.")
-    p.add_argument("--workers", type=int, default=2, help="Ray Train workers (one trainer rank each)")
-    p.add_argument("--use-gpu", action="store_true", help="one GPU per worker, nccl")
-    p.add_argument("--cpus-per-worker", type=float, default=1.0)
-    p.add_argument("--gpus-per-worker", type=float, default=None, help="with --use-gpu (default 1)")
-    p.add_argument("--max-failures", type=int, default=2,
-                   help="worker-group restarts (each resumes from the latest checkpoint); -1 for unlimited")
-    return p.parse_known_args(argv)
+@dataclass
+class TrainJobArgs(TrainConfig):
+    """A TrainConfig plus the launcher's own options: one parser, one --help, one --config file."""
+
+    workers: int = 2
+    """Ray Train workers (one trainer rank each)."""
+    use_gpu: bool = False
+    """One GPU per worker, nccl."""
+    cpus_per_worker: float = 1.0
+    """CPUs reserved per worker."""
+    gpus_per_worker: float | None = None
+    """GPUs per worker with --use_gpu (default 1)."""
+    max_failures: int = 2
+    """Worker-group restarts (each resumes from the latest checkpoint); -1 for unlimited."""
+
+
+def parse_args(argv: list[str]) -> tuple[TrainJobArgs, TrainConfig]:
+    """(launcher and training options, the TrainConfig part); --help, --config FILE and dotted overrides as in
+    retina-pretrain train, the launcher flags also with dashes (--max-failures)."""
+    from shards.commandline import Command, command_parser, parse_command
+
+    prog = "python -m cluster.train_job"
+    parser = command_parser(Command(TrainJobArgs), prog=prog, description="Run retina-pretrain training on Ray "
+                            "Train workers: the launcher options, then every option of retina-pretrain train.")
+    _, args = parse_command(parser, argv, prog=prog)
+    return args, TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
 
 
 def train_worker(config: dict[str, Any]) -> None:
@@ -55,7 +74,7 @@ def train_worker(config: dict[str, Any]) -> None:
     from ray.train import Checkpoint, CheckpointUploadMode
 
     from pretrain.config import from_dict
-    from pretrain.train import TrainConfig, train
+    from pretrain.train import train
 
     cfg = from_dict(TrainConfig, config["train_config"])
     ctx = ray.train.get_context()
@@ -74,12 +93,10 @@ def train_worker(config: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, train_args = parse_args(list(sys.argv[1:] if argv is None else argv))
-    from pretrain.config import parse_cli, to_dict
-    from pretrain.train import TrainConfig
+    args, cfg = parse_args(list(sys.argv[1:] if argv is None else argv))
+    from pretrain.config import to_dict
 
     # Resolved here, in the job's folder: Ray Train workers run in another working directory.
-    cfg, _ = parse_cli(TrainConfig, list(train_args), prog="python -m cluster.train_job")
     run_dir = Path(cfg.run.dir).resolve()
     cfg.run.dir = str(run_dir)
     for name in ("public", "elite"):
