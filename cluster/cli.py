@@ -28,7 +28,7 @@ from cluster import local
 from shards.cli import BuildArgs, build_config, build_summary
 from shards.commandline import Command, parse_command, subcommand_parser
 
-__all__ = ["COMMANDS", "main", "parser", "run"]
+__all__ = ["COMMANDS", "main", "parser", "run", "split_train_args"]
 
 
 @dataclass
@@ -226,7 +226,7 @@ def run(command: str, args: Any) -> int:
     return handlers[command](args)
 
 
-def _split_train_args(argv: list[str]) -> list[str]:
+def split_train_args(argv: list[str]) -> list[str]:
     """`submit ... -- TRAIN ARGS`: everything after the first `--` becomes --train_args (a JSON list)."""
     if "--" not in argv:
         return argv
@@ -238,7 +238,7 @@ def _split_train_args(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = _split_train_args(list(sys.argv[1:] if argv is None else argv))
+    argv = split_train_args(list(sys.argv[1:] if argv is None else argv))
     command, args = parse_command(parser(), argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")

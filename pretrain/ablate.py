@@ -23,12 +23,13 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 
 PROG = "retina-pretrain ablate"
-METHODS = ("clip", "flair", "keepfit_v1", "keepfit_v2", "vilref")
+Method = Literal["clip", "flair", "keepfit_v1", "keepfit_v2", "vilref"]
+METHODS: tuple[str, ...] = get_args(Method)
 CONFIGS = Path(__file__).resolve().parent / "configs"
 # method -> (config, extra overrides); keepfit_v2 skips its stage-1 text pretraining for a fair budget
 METHOD_CONFIGS: dict[str, tuple[str, list[str]]] = {
@@ -41,9 +42,6 @@ METHOD_CONFIGS: dict[str, tuple[str, list[str]]] = {
 COLUMNS = (("zs_aca", "ZS ACA"), ("zs_auc", "ZS AUC"), ("lp_aca", "LP ACA"), ("lp_auc", "LP AUC"),
            ("i2t_R@1", "i2t R@1"), ("i2t_R@5", "i2t R@5"), ("t2i_R@1", "t2i R@1"), ("t2i_R@5", "t2i R@5"),
            ("bleu4", "BLEU-4"), ("rouge_l", "ROUGE-L"))
-
-
-Method = Literal["clip", "flair", "keepfit_v1", "keepfit_v2", "vilref"]
 
 
 @dataclass

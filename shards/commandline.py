@@ -258,7 +258,7 @@ def legacy_argv(argv: Sequence[str], command: Command) -> list[str]:
             if not eq and tokens and tokens[0].lower() in ("true", "false"):
                 value, eq = tokens.pop(0), "="
             out.append(f"--{name}={'false' if negate else value if eq else 'true'}")
-        elif _is_list(hints[name]) and not (value if eq else tokens[0] if tokens else "[").startswith("["):
+        elif _is_list(hints[name]) and not (value if eq else tokens[0] if tokens else "").startswith("["):
             values = [value] if eq else []
             while not eq and tokens and not tokens[0].startswith("-"):
                 values.append(tokens.pop(0))

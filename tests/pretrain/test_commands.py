@@ -106,6 +106,7 @@ def test_eval_keeps_the_argparse_spellings():
                                     batch_size=16, linear_probe=False, prompt_ensemble=False, report=True,
                                     probe_train_fraction=0.25)
     assert _parse(eval_cli, command, ["--run", "r", "--k-shots", "--report"]).k_shots == []  # no k-shot probes
+    assert _parse(eval_cli, command, ["--run", "r", "--k-shots"]).k_shots == []
 
 
 def test_eval_requires_run_and_shards(capsys):
