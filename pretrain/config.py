@@ -61,8 +61,9 @@ def _validated(cls: type[T], args: list[str], where: str) -> T:
 def from_dict(cls: type[T], data: dict, *, where: str = "config") -> T:
     """Build `cls` from plain data (parsed YAML), validating keys, types and Literal choices.
 
-    `where` labels error messages (e.g. the YAML file). An int is accepted for a float; strings never turn
-    into bools or numbers, and nothing is silently dropped.
+    `where` labels error messages (e.g. the YAML file). Values follow jsonargparse's command-line rules: an int
+    is accepted for a float, and a string that reads as the declared type (`'3e-4'`, `'true'`); a number is not
+    accepted for a string, and nothing is silently dropped.
     """
     if isinstance(data, cls):
         return data
@@ -122,9 +123,11 @@ def parse_cli(cls: type[T], argv: list[str] | None = None, *, prog: str = "retin
 
 
 def _config_path(argv: list[str]) -> Path | None:
+    """The last --config file given (each later one is merged over the earlier ones)."""
+    path = None
     for i, token in enumerate(argv):
         if token.startswith("--config="):
-            return Path(token.partition("=")[2])
-        if token == "--config" and i + 1 < len(argv):
-            return Path(argv[i + 1])
-    return None
+            path = Path(token.partition("=")[2])
+        elif token == "--config" and i + 1 < len(argv):
+            path = Path(argv[i + 1])
+    return path

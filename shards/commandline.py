@@ -40,8 +40,8 @@ import jsonargparse
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
-__all__ = ["Command", "ConfigFile", "check_keys", "command_parser", "deep_merge", "explain_error", "field_docs", "instantiate",
-           "legacy_argv", "load_yaml", "parse_command", "schema_keys", "subcommand_parser"]
+__all__ = ["Command", "ConfigFile", "check_keys", "command_parser", "deep_merge", "explain_error", "field_docs",
+           "instantiate", "legacy_argv", "load_yaml", "parse_command", "schema_keys", "subcommand_parser"]
 
 jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
 

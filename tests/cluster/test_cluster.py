@@ -165,7 +165,8 @@ def test_plain_ray_job_submit_runs_the_entrypoint(ray_cluster):
     ray_cli = str(Path(sys.executable).with_name("ray"))
     result = sh([ray_cli, "job", "submit", "--address", ray_cluster["url"], "--working-dir", ".", "--",
                  "python", "-m", "cluster.train_job", "--help"], {**ray_cluster["env"], "RAY_AUTH_MODE": "token"})
-    assert "--max_failures" in result.stdout and "--run.steps" in result.stdout and "succeeded" in (result.stdout + result.stderr).lower()
+    assert "--max_failures" in result.stdout and "--run.steps" in result.stdout  # launcher and training options
+    assert "succeeded" in (result.stdout + result.stderr).lower()
 
 
 def test_ray_built_shards_are_byte_identical(ray_cluster, sets, tmp_path):
