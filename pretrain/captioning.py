@@ -161,13 +161,13 @@ def evaluate_captions(model: Any, tokenizer: Any, shard_dir: str | Path, split: 
     """BLEU-4 and ROUGE-L of greedy captions against the real captions of one split of a captioned shard set
     (samples without a caption are left out). `model` is a RetinaCLIP with a caption_decoder (KeepFIT V2)."""
     from pretrain.data import DataConfig, eval_dataset
-    from pretrain.evaluate import EvalInputError, _shard_metadata
+    from pretrain.eval_inputs import EvalInputError, shard_metadata
 
     decoder = getattr(model, "caption_decoder", None)
     if decoder is None:
         raise EvalInputError("the model has no caption decoder (only KeepFIT V2 runs have one)")
     model.eval()
-    meta = _shard_metadata(shard_dir, split)
+    meta = shard_metadata(shard_dir, split)
     cfg = DataConfig(batch_size=batch_size, image_size=model.config.vision.image_size,
                      max_text_len=model.config.text.max_len, workers=0)
     device = next(model.parameters()).device

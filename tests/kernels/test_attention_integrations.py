@@ -19,7 +19,7 @@ from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from kernels.attention.decoder import CaptionDecoder, CaptionDecoderLayer
+from pretrain.caption_decoder import CaptionDecoder, CaptionDecoderLayer
 from kernels.attention.integrations import (TRANSFORMERS_NAME, mask_to_padding, register_transformers_attention,
                                             use_attention_backend)
 

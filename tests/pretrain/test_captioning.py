@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from kernels.attention.decoder import CaptionDecoder
+from pretrain.caption_decoder import CaptionDecoder
 from pretrain.captioning import (bleu_stats, corpus_bleu, greedy_generate, lcs_length, rouge_l, rouge_l_sentence,
                                  words)
 

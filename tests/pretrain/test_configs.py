@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pretrain.config import load_config
-from pretrain.model import build_vision_tower
+from pretrain.towers import build_vision_tower
 from pretrain.objectives import OBJECTIVES
 from pretrain.train import TrainConfig
 
