@@ -32,7 +32,7 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from kernels.bench_common import cpu_name
+from benchmarks.common import cpu_name
 from shards.build import BuildConfig, build
 from shards.images import fit_square
 from shards.readers.fields import parse_list
