@@ -37,7 +37,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from kernels.bench_common import device_info, device_slug, package_version  # noqa: E402
+from benchmarks.common import device_info, device_slug, package_version  # noqa: E402
 
 PACKAGES = ("torch", "triton", "deepspeed", "transformers", "timm", "webdataset", "xformers")
 
