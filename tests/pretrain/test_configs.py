@@ -9,7 +9,7 @@ import torch
 
 from pretrain.config import load_config
 from pretrain.towers import build_vision_tower
-from pretrain.objectives import OBJECTIVES
+from pretrain.objectives import OBJECTIVES, build_objective
 from pretrain.train import TrainConfig
 
 CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[2] / "pretrain" / "configs").glob("*.yaml")
@@ -22,6 +22,8 @@ REALISTIC = {"flair_resnet50_512.yaml": ("resnet50", 512, 2048), "clip_vit_b16_2
 def test_config_loads_and_names_a_known_method(path):
     cfg = load_config(TrainConfig, path, [])
     assert cfg.method in OBJECTIVES
+    build_objective(cfg.method, **cfg.objective)  # the objective accepts the config's options
+    assert (cfg.model.caption_decoder is not None) == (cfg.method == "keepfit_v2")  # the decoder it trains
     assert cfg.data.image_size == cfg.model.vision.image_size
     assert cfg.data.max_text_len <= cfg.model.text.max_len
 
