@@ -26,7 +26,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from kernels.bench_common import device_info, elapsed_ms  # noqa: E402
+from benchmarks.common import device_info, elapsed_ms  # noqa: E402
 from kernels.contrastive.spec import LossOptions  # noqa: E402
 from kernels.contrastive import triton_stripe as ts  # noqa: E402
 

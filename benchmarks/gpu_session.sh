@@ -51,11 +51,11 @@ step() {  # name, limit in seconds, command...
 # The step limits add up to 460 s, so the whole call stays under 8 minutes even when a step runs to its limit.
 step gpu-tests 120 "$PY" -m pytest -m gpu tests/kernels -q -p no:cacheprovider -o addopts="" \
   -k "not test_fp32_matches_reference_on_gpu"
-step contrastive 130 "$PY" -m kernels.bench contrastive --batch 16384 32768 65536 --dim 512 768 \
+step contrastive 130 "$PY" -m benchmarks contrastive --batch 16384 32768 65536 --dim 512 768 \
   --providers triton eager open_clip inf_cl --modes full --repeats 5 --warmup 2 --out "$OUT/contrastive-$GPU.json"
 step tile-sweep 90 "$PY" benchmarks/contrastive_tile_sweep.py --batch 32768 --ds-rows 1024 2048 \
   --out "$OUT/contrastive_tile_sweep-$GPU.json"
-step attention 60 "$PY" -m kernels.bench attention --repeats 5 --warmup 2 --out "$OUT/attention-$GPU.json" \
+step attention 60 "$PY" -m benchmarks attention --repeats 5 --warmup 2 --out "$OUT/attention-$GPU.json" \
   --shapes vit_b16_224 vit_b16_512 text_256_padded decoder_self_64 decoder_cross_64x197
 step train 60 "$PY" benchmarks/train_throughput.py gpu --warmup 3 --steps 12 --out "$OUT/train_throughput-$GPU.json"
 ls -la "$OUT"

@@ -32,7 +32,7 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from kernels.bench_common import cpu_name
+from benchmarks.common import cpu_name
 from shards.build import BuildConfig, build
 from shards.images import fit_square
 from shards.readers.fields import parse_list
@@ -100,6 +100,30 @@ def timed(fn) -> tuple[float, int]:
     return time.perf_counter() - start, count
 
 
+def record(args: argparse.Namespace, build_ours: list[float], build_ours_1: list[float], build_naive: list[float],
+           read_shards: list[float], read_files: list[float]) -> dict:
+    """The results JSON: every run, the medians and the ratios against the naive ways."""
+    med = statistics.median
+    return {
+        "benchmark": "shards_build",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": {"kind": "cpu", "name": cpu_name(), "cores": os.cpu_count()},
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "webdataset": getattr(wds, "__version__", "unknown"), "pillow": PIL.__version__},
+        "params": {"images": args.images, "source_size": args.source_size, "canvas": CANVAS,
+                   "repeats": args.repeats, "workers": args.workers},
+        # workers=1 separates the per-image gain (JPEG draft decoding) from the process-pool gain
+        "build_images_per_s": {"retina_shards": {"median": med(build_ours), "runs": build_ours},
+                               "retina_shards_1_worker": {"median": med(build_ours_1), "runs": build_ours_1},
+                               "naive_loop": {"median": med(build_naive), "runs": build_naive},
+                               "ratio": med(build_ours) / med(build_naive),
+                               "ratio_1_worker": med(build_ours_1) / med(build_naive)},
+        "read_samples_per_s": {"shards_webdataset": {"median": med(read_shards), "runs": read_shards},
+                               "per_file_dataset": {"median": med(read_files), "runs": read_files},
+                               "ratio": med(read_shards) / med(read_files)},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=400, help="public synthetic images")
@@ -142,25 +166,7 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    med = statistics.median
-    result = {
-        "benchmark": "shards_build",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device": {"kind": "cpu", "name": cpu_name(), "cores": os.cpu_count()},
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "webdataset": getattr(wds, "__version__", "unknown"), "pillow": PIL.__version__},
-        "params": {"images": args.images, "source_size": args.source_size, "canvas": CANVAS,
-                   "repeats": args.repeats, "workers": args.workers},
-        # workers=1 separates the per-image gain (JPEG draft decoding) from the process-pool gain
-        "build_images_per_s": {"retina_shards": {"median": med(build_ours), "runs": build_ours},
-                               "retina_shards_1_worker": {"median": med(build_ours_1), "runs": build_ours_1},
-                               "naive_loop": {"median": med(build_naive), "runs": build_naive},
-                               "ratio": med(build_ours) / med(build_naive),
-                               "ratio_1_worker": med(build_ours_1) / med(build_naive)},
-        "read_samples_per_s": {"shards_webdataset": {"median": med(read_shards), "runs": read_shards},
-                               "per_file_dataset": {"median": med(read_files), "runs": read_files},
-                               "ratio": med(read_shards) / med(read_files)},
-    }
+    result = record(args, build_ours, build_ours_1, build_naive, read_shards, read_files)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "shards_build-cpu.json"
     path.write_text(json.dumps(result, indent=1) + "\n")

@@ -37,7 +37,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from kernels.bench_common import device_info, device_slug, package_version  # noqa: E402
+from benchmarks.common import device_info, device_slug, package_version  # noqa: E402
 
 PACKAGES = ("torch", "triton", "deepspeed", "transformers", "timm", "webdataset", "xformers")
 
@@ -96,17 +96,16 @@ def run_cpu(args: argparse.Namespace) -> dict:
     from pretrain.config import load_config
     from pretrain.data import make_loader
     from pretrain.engine import build_engine, init_distributed_env, train_step
-    from pretrain.model import build_model, param_groups
+    from pretrain.model import build_model, param_groups, resolve_model_paths
     from pretrain.objectives import build_objective, weighted_total
     from pretrain.schedule import warmup_cosine
-    from pretrain.train import TrainConfig, resolve_text_path
+    from pretrain.train import TrainConfig
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-train-"))
     public, elite = (Path(args.public), Path(args.elite)) if args.public else _demo_shards(workdir)
     cfg = load_config(TrainConfig, args.config, [])
     cfg.data = dataclasses.replace(cfg.data, public=str(public), elite=str(elite))
-    model_cfg = dataclasses.replace(cfg.model, text=dataclasses.replace(
-        cfg.model.text, name_or_path=resolve_text_path(cfg.model.text.name_or_path)))
+    model_cfg = resolve_model_paths(cfg.model)
     tokenizer = AutoTokenizer.from_pretrained(model_cfg.text.name_or_path)
     total = args.warmup + args.steps + 1
 
@@ -121,7 +120,7 @@ def run_cpu(args: argparse.Namespace) -> dict:
     plain_objective = build_objective(cfg.method, backend="eager")
 
     def loss_fn(eng, batch):
-        terms = ours_objective(eng, batch)
+        terms = ours_objective(eng.module, batch)  # objectives get the bare model, as in pretrain.loop
         return {"loss": weighted_total(terms, cfg.loss_weights), **terms}
 
     optimizer = torch.optim.AdamW(param_groups(plain_model, cfg.engine.weight_decay), lr=cfg.engine.lr,

@@ -27,7 +27,7 @@ import numpy as np
 
 from cluster import store as zstore
 
-__all__ = ["EmbedConfig", "embed_chunks", "embed_with_ray", "load_model", "model_state_dict"]
+__all__ = ["EmbedConfig", "checkpoint_dir", "embed_chunks", "embed_with_ray", "load_model"]
 
 
 @dataclass
@@ -50,43 +50,18 @@ class EmbedConfig:
 
 def checkpoint_dir(cfg: EmbedConfig) -> Path:
     """The checkpoint tag folder the weights come from."""
-    from pretrain.checkpoint import resolve_resume
+    from pretrain.checkpoint import resolve_checkpoint
 
-    where = resolve_resume(cfg.run, str(cfg.checkpoint) if cfg.checkpoint else "auto")
-    if where is None:
-        raise FileNotFoundError(f"{cfg.run}: no checkpoints/latest (train first, or pass --checkpoint)")
-    return (where[0] / where[1]).resolve()
-
-
-def model_state_dict(tag_dir: Path) -> dict[str, Any]:
-    """Model weights of a checkpoint: pretrain.consolidate (any ZeRO stage) when present, else the ZeRO 0-2
-    file whose `module` entry is the full state dict."""
-    try:
-        from pretrain.consolidate import load_model_state_dict
-    except ImportError:
-        import torch
-
-        states = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)
-        if not states.get("module"):
-            raise ValueError(f"{tag_dir}: no full model state (a ZeRO-3 checkpoint needs pretrain.consolidate)")
-        return states["module"]
-    return load_model_state_dict(tag_dir)
+    return resolve_checkpoint(cfg.checkpoint if cfg.checkpoint else cfg.run).resolve()
 
 
 def load_model(cfg: EmbedConfig) -> tuple[Any, Any, Any]:
-    """(model in eval mode, tokenizer, the run's TrainConfig)."""
-    from transformers import AutoTokenizer
+    """(model in eval mode, tokenizer, the run's TrainConfig): pretrain.runs.load_run, for runs of every method
+    (training-only modules such as momentum encoders are not part of the loaded model)."""
+    from pretrain.runs import load_run
 
-    from pretrain.config import load_config
-    from pretrain.model import build_model
-    from pretrain.train import TrainConfig, resolve_text_path
-
-    train_cfg = load_config(TrainConfig, cfg.run / "config.yaml")
-    model_cfg = dataclasses.replace(train_cfg.model, text=dataclasses.replace(
-        train_cfg.model.text, name_or_path=resolve_text_path(train_cfg.model.text.name_or_path)))
-    model = build_model(model_cfg)
-    model.load_state_dict(model_state_dict(checkpoint_dir(cfg)))
-    return model.eval(), AutoTokenizer.from_pretrained(model_cfg.text.name_or_path), train_cfg
+    run = load_run(cfg.run, checkpoint_dir(cfg))
+    return run.model, run.tokenizer, run.config
 
 
 def _split_shards(shards: Path, split: str) -> list[dict]:
@@ -99,7 +74,7 @@ def _raw_samples(shards: Path, split: str, start: int, end: int) -> Iterator[dic
     """Raw tar samples start..end-1 of the split, in index then tar order, reading only the shards needed."""
     import webdataset as wds
 
-    from pretrain.data import _keep_member
+    from pretrain.samples import keep_member
 
     offset = 0
     for shard in _split_shards(shards, split):
@@ -107,7 +82,7 @@ def _raw_samples(shards: Path, split: str, start: int, end: int) -> Iterator[dic
         if offset <= start or first >= end:
             continue
         source = wds.DataPipeline(wds.SimpleShardList([str(shards / shard["name"])]),
-                                  wds.tarfile_to_samples(select_files=_keep_member))
+                                  wds.tarfile_to_samples(select_files=keep_member))
         for position, sample in enumerate(source, start=first):
             if start <= position < end:
                 yield sample
@@ -117,7 +92,7 @@ def _embed_rows(samples: list[dict], model: Any, tokenizer: Any, train_cfg: Any,
                 vocab_ids: dict[str, int]) -> dict[str, np.ndarray]:
     import torch
 
-    from pretrain.data import _seed, decode_sample, eval_transform
+    from pretrain.samples import decode_sample, eval_transform, stable_seed
     from shards.knowledge import load_knowledge
 
     kb, transform = load_knowledge(), eval_transform(train_cfg.data.image_size)
@@ -128,7 +103,7 @@ def _embed_rows(samples: list[dict], model: Any, tokenizer: Any, train_cfg: Any,
             "multi_hot": np.zeros((n, len(vocab_ids)), np.uint8), "valid": np.zeros(n, bool)}
     decoded = []
     for i, sample in enumerate(samples):
-        rng = random.Random(_seed(cfg.seed, "embed", rows["keys"][i]))
+        rng = random.Random(stable_seed(cfg.seed, "embed", rows["keys"][i]))
         out = decode_sample(sample, kb=kb, vocab_ids=vocab_ids, transform=transform, rng=rng)
         if out is not None:
             rows["text"][i], rows["dataset"][i], rows["valid"][i] = out["text"], out["dataset"], True

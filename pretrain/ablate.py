@@ -227,9 +227,9 @@ def run_ablation(args: AblateConfig, argv: list[str]) -> int:
         details[method] = metrics
         print(f"   {method}: " + ", ".join(f"{t} {_fmt(rows[method][k])}" for k, t in COLUMNS), flush=True)
     command = shlex.join(["retina-pretrain", "ablate", *argv])
-    from pretrain.evaluate import _finite_or_none
+    from pretrain.eval_inputs import finite_or_none
 
-    (out / "ablation.json").write_text(json.dumps(_finite_or_none(
+    (out / "ablation.json").write_text(json.dumps(finite_or_none(
         {"command": command, "summary": rows, "metrics": details, "notes": notes}), indent=1) + "\n", encoding="utf-8")
     (out / "ablation.md").write_text(markdown(rows, notes, command, args), encoding="utf-8")
     plot(rows, out / "ablation.png")

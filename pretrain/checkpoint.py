@@ -5,7 +5,7 @@
     RUN_DIR/checkpoints/latest             the tag of the newest COMPLETE checkpoint
 
 `latest`: DeepSpeed (0.19.8) writes it itself with a plain open/write on rank 0, which a crash can leave
-empty or half-written. We pass save_latest=False and write it ourselves with tmp + os.replace, after a barrier
+empty or half-written. We pass save_latest=False and write it ourselves atomically (shards.atomic: fsync, rename, fsync the folder), after a barrier
 that follows every rank's save, so `latest` only ever names a finished checkpoint.
 
 client_state holds the step, the caller's extras and the RNG states of EVERY rank (gathered to one list):
@@ -17,7 +17,6 @@ Python containers and tensors, so they would also load under weights_only=True.
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -27,11 +26,16 @@ import torch
 import torch.distributed as dist
 
 from pretrain.config import save_config
+from shards.atomic import atomic_write
 
-__all__ = ["CHECKPOINT_DIR", "get_rng_state", "load_checkpoint", "resolve_resume", "save_checkpoint",
-           "save_run_config", "set_rng_state", "step_tag"]
+__all__ = ["CHECKPOINT_DIR", "CheckpointError", "find_run_config", "get_rng_state", "load_checkpoint",
+           "resolve_checkpoint", "resolve_resume", "save_checkpoint", "save_run_config", "set_rng_state", "step_tag"]
 
 CHECKPOINT_DIR = "checkpoints"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read (missing, incomplete, corrupted, or holding unexpected pickles)."""
 
 
 def step_tag(step: int) -> str:
@@ -45,12 +49,6 @@ def _rank() -> int:
 def _barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def get_rng_state() -> dict[str, Any]:
@@ -105,37 +103,67 @@ def save_checkpoint(engine: Any, run_dir: str | Path, step: int, extra: dict[str
     engine.save_checkpoint(str(save_dir), tag=tag, client_state=client_state, save_latest=False)
     _barrier()  # every rank's shards are on disk before `latest` may name them
     if _rank() == 0:
-        _atomic_write(save_dir / "latest", tag)
+        atomic_write(save_dir / "latest", tag)
     _barrier()
     return save_dir / tag
 
 
-def resolve_resume(run_dir: str | Path, resume: str | Path | None) -> tuple[Path, str] | None:
-    """(load_dir, tag) for `resume`, or None to start fresh.
+def _has_model_states(folder: Path) -> bool:
+    return any(folder.glob("*model_states.pt"))
 
-    "auto": RUN_DIR/checkpoints/latest if it exists, else fresh. None or "none": fresh. A path: a checkpoint
-    tag folder (…/checkpoints/step00000100) or a checkpoints folder with a `latest` file."""
+
+def resolve_checkpoint(checkpoint: str | Path) -> Path:
+    """The tag folder meant by `checkpoint`: a run dir (RUN_DIR/checkpoints/latest), a folder with `latest`, or a
+    tag folder itself (one holding *model_states.pt files)."""
+    path = Path(checkpoint)
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {str(path)!r}")
+    if path.is_dir() and _has_model_states(path):
+        return path
+    for folder in (path, path / CHECKPOINT_DIR):
+        latest = folder / "latest"
+        if latest.is_file():
+            tag = latest.read_text(encoding="utf-8").strip()
+            if not tag:
+                raise CheckpointError(f"{str(latest)!r} is empty")
+            tag_dir = folder / tag
+            if not tag_dir.is_dir():
+                raise CheckpointError(f"{str(latest)!r} names tag {tag!r}, but {str(tag_dir)!r} does not exist")
+            return tag_dir
+    raise CheckpointError(f"{str(path)!r} is not a checkpoint: expected a run dir with checkpoints/latest, a "
+                          "checkpoints folder with a 'latest' tag file, or a tag folder with *model_states.pt files")
+
+
+def find_run_config(checkpoint: str | Path) -> Path:
+    """RUN_DIR/config.yaml of the run that wrote `checkpoint` (run dir, checkpoints folder or tag folder)."""
+    path = Path(checkpoint)
+    for folder in (path, path.parent, path.parent.parent):
+        if (folder / "config.yaml").is_file():
+            return folder / "config.yaml"
+    raise CheckpointError(f"{str(path / 'config.yaml')!r} missing: no config.yaml of the run in {str(path)!r} or "
+                          "the two folders above it (is it a run folder of retina-pretrain train?)")
+
+
+def resolve_resume(run_dir: str | Path, resume: str | Path | None) -> Path | None:
+    """The tag folder to resume from, or None to start fresh.
+
+    "auto": RUN_DIR/checkpoints/latest if it exists, else fresh. None or "none": fresh. A path: anything
+    resolve_checkpoint takes (a tag folder, a checkpoints folder with `latest`, a run folder)."""
     if resume is None or str(resume) == "none":
         return None
     if str(resume) == "auto":
         latest = Path(run_dir) / CHECKPOINT_DIR / "latest"
-        return (latest.parent, latest.read_text(encoding="utf-8").strip()) if latest.is_file() else None
-    path = Path(resume)
-    if (path / "latest").is_file():
-        return path, (path / "latest").read_text(encoding="utf-8").strip()
-    if path.is_dir():
-        return path.parent, path.name
-    raise FileNotFoundError(f"resume: no checkpoint at {str(path)!r} (expected a tag folder or a folder "
-                            "with a 'latest' file)")
+        return resolve_checkpoint(run_dir) if latest.is_file() else None
+    return resolve_checkpoint(resume)
 
 
 def load_checkpoint(engine: Any, run_dir: str | Path, resume: str | Path | None = "auto") -> dict[str, Any] | None:
     """Load module, optimizer and scheduler states into `engine` and restore this rank's RNG states; call on ALL
     ranks after build_engine. Returns the client_state (step, extras; RNG removed) or None for a fresh start."""
-    where = resolve_resume(run_dir, resume)
-    if where is None:
+    tag_dir = resolve_resume(run_dir, resume)
+    if tag_dir is None:
         return None
-    load_dir, tag = where
+    load_dir, tag = tag_dir.parent, tag_dir.name
     path, client_state = engine.load_checkpoint(str(load_dir), tag=tag, load_optimizer_states=True,
                                                 load_lr_scheduler_states=True)
     if path is None:

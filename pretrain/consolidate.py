@@ -42,22 +42,19 @@ from typing import Any
 
 import torch
 
+from pretrain.checkpoint import CheckpointError, find_run_config, resolve_checkpoint
+
 __all__ = ["CheckpointError", "SAFE_DEEPSPEED_GLOBALS", "find_run_config", "load_model_state_dict",
            "resolve_checkpoint", "safe_load"]
 
 log = logging.getLogger("pretrain.consolidate")
 
-CHECKPOINT_DIR = "checkpoints"
 ZERO0_MODEL_FILE = "mp_rank_00_model_states.pt"
 SAFE_DEEPSPEED_GLOBALS = (
     "deepspeed.runtime.zero.config.ZeroStageEnum",
     "deepspeed.runtime.fp16.loss_scaler.LossScaler",
     "deepspeed.utils.tensor_fragment.fragment_address",
 )
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read (missing, incomplete, corrupted, or holding unexpected pickles)."""
 
 
 def _safe_globals() -> list[Any]:
@@ -87,42 +84,6 @@ def safe_load(path: str | Path, allow_deepspeed: bool = True) -> Any:
     except Exception as err:  # zip reader errors (truncated file), EOFError, ...
         raise CheckpointError(f"cannot read {str(path)!r} (truncated or corrupted?): "
                               f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
-
-
-def _has_model_states(folder: Path) -> bool:
-    return any(folder.glob("*model_states.pt"))
-
-
-def resolve_checkpoint(checkpoint: str | Path) -> Path:
-    """The tag folder meant by `checkpoint`: a run dir (RUN_DIR/checkpoints/latest), a folder with `latest`, or a
-    tag folder itself (one holding *model_states.pt files)."""
-    path = Path(checkpoint)
-    if not path.exists():
-        raise CheckpointError(f"no checkpoint at {str(path)!r}")
-    if path.is_dir() and _has_model_states(path):
-        return path
-    for folder in (path, path / CHECKPOINT_DIR):
-        latest = folder / "latest"
-        if latest.is_file():
-            tag = latest.read_text(encoding="utf-8").strip()
-            if not tag:
-                raise CheckpointError(f"{str(latest)!r} is empty")
-            tag_dir = folder / tag
-            if not tag_dir.is_dir():
-                raise CheckpointError(f"{str(latest)!r} names tag {tag!r}, but {str(tag_dir)!r} does not exist")
-            return tag_dir
-    raise CheckpointError(f"{str(path)!r} is not a checkpoint: expected a run dir with checkpoints/latest, a "
-                          "checkpoints folder with a 'latest' tag file, or a tag folder with *model_states.pt files")
-
-
-def find_run_config(checkpoint: str | Path) -> Path:
-    """RUN_DIR/config.yaml of the run that wrote `checkpoint` (run dir, checkpoints folder or tag folder)."""
-    path = Path(checkpoint)
-    for folder in (path, path.parent, path.parent.parent):
-        if (folder / "config.yaml").is_file():
-            return folder / "config.yaml"
-    raise CheckpointError(f"no config.yaml of the run found for {str(path)!r} (looked in it and the two "
-                          "folders above it)")
 
 
 def _rank_files(tag_dir: Path, kind: str) -> dict[int, Path]:

@@ -18,12 +18,8 @@ seed and step give the same first batch with `workers=0`.
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import logging
 import random
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -32,12 +28,12 @@ from typing import Any, Literal
 
 import torch
 import webdataset as wds
-from PIL import Image
 from torch.utils.data import get_worker_info
-from torchvision.transforms import v2
 
+from pretrain.samples import (ALLOWED_EXTS, CLIP_MEAN, CLIP_STD, IMAGE_EXTS, SKIPPED, SkipCounter, decode_sample,
+                              eval_transform, keep_member, stable_seed, train_transform)
 from shards.index import load_index, shard_urls
-from shards.knowledge import Knowledge, load_knowledge
+from shards.knowledge import load_knowledge
 
 log = logging.getLogger(__name__)
 
@@ -45,23 +41,19 @@ __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
     "DataConfig",
+    "IMAGE_EXTS",
+    "ALLOWED_EXTS",
+    "decode_sample",
     "SKIPPED",
     "SkipCounter",
     "eval_dataset",
     "eval_transform",
+    "keep_member",
     "make_loader",
     "make_stream",
+    "stable_seed",
     "train_transform",
 ]
-
-# CLIP's normalisation: the image towers we start from (CLIP/OpenCLIP ViTs, and ResNets fine-tuned the same
-# way in FLAIR/KeepFIT) were pretrained with it, so keeping it keeps their first-layer statistics valid.
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-IMAGE_EXTS = ("jpg", "png")
-ALLOWED_EXTS = frozenset((*IMAGE_EXTS, "txt", "json"))
-
 
 @dataclass
 class DataConfig:
@@ -104,35 +96,6 @@ class DataConfig:
             raise ValueError("data: batch sizes, image_size and max_text_len must be positive")
 
 
-# ----------------------------------------------------------------------------- skipped-sample accounting
-
-
-class SkipCounter:
-    """Samples skipped in this process, by reason. Each skip is counted; each bad key is logged the first
-    time it is met (resampled shards meet the same bad sample again every pass, and one line says it all)."""
-
-    def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
-        self.logged: set[str] = set()
-
-    def add(self, key: str, reason: str) -> None:
-        self.counts[reason] += 1
-        if key not in self.logged or key == "<shard>":
-            self.logged.add(key)
-            log.warning("skipping sample %s: %s (logged once per key; all skips are counted)", key, reason)
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-    def reset(self) -> None:
-        self.counts.clear()
-        self.logged.clear()
-
-
-SKIPPED = SkipCounter()
-
-
 def _log_and_continue(exn: Exception) -> bool:
     """webdataset handler for shard-level failures (unreadable tar): count, log, keep streaming."""
     SKIPPED.add("<shard>", f"shard error: {exn!r}")
@@ -142,114 +105,9 @@ def _log_and_continue(exn: Exception) -> bool:
 # ----------------------------------------------------------------------------- seeding
 
 
-def _seed(*parts: Any) -> int:
-    """A stable 63-bit seed from any parts (Python's hash() of strings is salted per process)."""
-    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little") >> 1
-
-
 def _worker_id() -> int:
     info = get_worker_info()
     return 0 if info is None else info.id
-
-
-# ----------------------------------------------------------------------------- transforms
-
-
-def train_transform(image_size: int) -> v2.Compose:
-    """Fundus augmentation that keeps the picture a plausible fundus.
-
-    Mild crops (85-100% of the area, near-square) keep the circular field of view mostly intact; a
-    horizontal flip turns a right eye into a plausible left eye; rotation stays small because the
-    disc-macula axis is roughly horizontal in every capture; colour jitter covers camera differences.
-    """
-    return v2.Compose([
-        v2.ToImage(),
-        v2.RandomResizedCrop(image_size, scale=(0.85, 1.0), ratio=(0.95, 1.05), antialias=True),
-        v2.RandomHorizontalFlip(),
-        v2.RandomRotation(15),
-        v2.ColorJitter(brightness=0.2, contrast=0.2),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(CLIP_MEAN, CLIP_STD),
-    ])
-
-
-def eval_transform(image_size: int) -> v2.Compose:
-    """Shard images are already square canvases, so a plain resize loses nothing."""
-    return v2.Compose([
-        v2.ToImage(),
-        v2.Resize((image_size, image_size), antialias=True),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(CLIP_MEAN, CLIP_STD),
-    ])
-
-
-# ----------------------------------------------------------------------------- one sample
-
-
-def _keep_member(name: str) -> bool:
-    """tar member filter: anything but the four known extensions is never even read."""
-    return name.rsplit(".", 1)[-1].lower() in ALLOWED_EXTS
-
-
-def _decode_image(data: bytes) -> Image.Image:
-    with Image.open(io.BytesIO(data)) as img:
-        img.load()  # decode fully here so truncated files fail now, not inside a transform
-        return img.convert("RGB")  # grayscale FFA/OCT -> 3 channels for the image tower
-
-
-def _sample_caption(meta: dict, kb: Knowledge, rng: random.Random) -> tuple[str, str | None]:
-    """FLAIR-style caption for a categorical sample: a random category in a random prompt template."""
-    category = rng.choice(meta["categories"])
-    attributes = meta.get("attributes") or []
-    attribute = rng.choice(attributes) if attributes else None
-    return rng.choice(kb.prompts(category, attribute)), category
-
-
-def _first_label(meta: dict) -> int:
-    labels = meta.get("labels") or []
-    return int(labels[0]) if labels else -1
-
-
-def decode_sample(sample: dict, *, kb: Knowledge, vocab_ids: dict[str, int], transform: Callable,
-                  rng: random.Random) -> dict | None:
-    """Raw tar sample -> model-ready sample, or None (counted in SKIPPED) when it cannot be used."""
-    key = str(sample.get("__key__", "<unknown>"))
-    image_ext = next((ext for ext in IMAGE_EXTS if ext in sample), None)
-    if image_ext is None:
-        SKIPPED.add(key, "no jpg/png member")
-        return None
-    try:
-        meta = json.loads(sample["json"])
-        if not isinstance(meta, dict):
-            raise ValueError("json is not an object")
-    except (KeyError, ValueError, UnicodeDecodeError) as exc:
-        SKIPPED.add(key, f"bad json: {exc!r}")
-        return None
-    try:
-        image = _decode_image(sample[image_ext])
-    except Exception as exc:  # PIL raises many types for bad bytes; any of them means "skip"
-        SKIPPED.add(key, f"bad image: {exc!r}")
-        return None
-    caption = sample.get("txt", b"").decode("utf-8", errors="replace").strip()
-    category = None
-    if not caption:
-        if not meta.get("categories"):
-            SKIPPED.add(key, "no caption and no categories")
-            return None
-        try:
-            caption, category = _sample_caption(meta, kb, rng)
-        except (ValueError, TypeError) as exc:
-            SKIPPED.add(key, f"cannot build a caption: {exc!r}")
-            return None
-    # The label of the sampled category is the caption's class (for class-aware contrastive losses).
-    category_id = vocab_ids.get(kb.normalize(category) or category, -1) if category else _first_label(meta)
-    # Augmentation draws from torch's global RNG: seed it per sample from our rng, without disturbing
-    # the caller's RNG (with workers=0 this runs in the training process).
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(rng.getrandbits(63))
-        pixels = transform(image)
-    return {"key": key, "dataset": str(meta.get("dataset", "")), "image": pixels, "text": caption,
-            "category_id": category_id, "labels": [int(i) for i in meta.get("labels") or []]}
 
 
 # ----------------------------------------------------------------------------- pipeline stages
@@ -264,7 +122,7 @@ def _split_by_rank(src: Iterable[dict], rank: int, world_size: int) -> Iterator[
 
 def _shuffle(src: Iterable[dict], bufsize: int, seed: int) -> Iterator[dict]:
     """Buffer shuffle like wds.shuffle, but seeded per worker at iteration time (inside the worker)."""
-    rng = random.Random(_seed(seed, _worker_id()))
+    rng = random.Random(stable_seed(seed, _worker_id()))
     buf: list[dict] = []
     for item in src:
         if len(buf) < bufsize:
@@ -278,7 +136,7 @@ def _shuffle(src: Iterable[dict], bufsize: int, seed: int) -> Iterator[dict]:
 
 
 def _decode(src: Iterable[dict], seed: int, **kwargs: Any) -> Iterator[dict]:
-    rng = random.Random(_seed(seed, _worker_id()))
+    rng = random.Random(stable_seed(seed, _worker_id()))
     for sample in src:
         out = decode_sample(sample, rng=rng, **kwargs)
         if out is not None:
@@ -287,7 +145,7 @@ def _decode(src: Iterable[dict], seed: int, **kwargs: Any) -> Iterator[dict]:
 
 def _mix(public: Iterable[dict], elite: Iterable[dict], elite_fraction: float, seed: int) -> Iterator[dict]:
     """Sample-level mixing: each sample is elite with probability elite_fraction; stops with either stream."""
-    rng = random.Random(_seed(seed, _worker_id(), "mix"))
+    rng = random.Random(stable_seed(seed, _worker_id(), "mix"))
     streams = iter(public), iter(elite)
     while True:
         try:
@@ -301,7 +159,7 @@ def _pairs(public: Iterable[dict], elite: Iterable[dict]) -> Iterator[tuple[dict
 
 
 def _rank_worker_seed(rank: int) -> int:
-    return _seed(rank, _worker_id())
+    return stable_seed(rank, _worker_id())
 
 
 class Collate:
@@ -353,12 +211,12 @@ def _samples(shard_dir: str | Path, split: str, cfg: DataConfig, *, rank: int, w
     else:
         stages = [wds.SimpleShardList(urls), partial(_split_by_rank, rank=rank, world_size=world_size),
                   wds.split_by_worker]
-    stages.append(wds.tarfile_to_samples(handler=_log_and_continue, select_files=_keep_member))
+    stages.append(wds.tarfile_to_samples(handler=_log_and_continue, select_files=keep_member))
     if shuffle and cfg.shuffle_buffer > 0:
-        stages.append(partial(_shuffle, bufsize=cfg.shuffle_buffer, seed=_seed(seed, rank, "shuffle")))
+        stages.append(partial(_shuffle, bufsize=cfg.shuffle_buffer, seed=stable_seed(seed, rank, "shuffle")))
     vocab = _vocabulary(shard_dir)
     transform = train_transform(cfg.image_size) if augment else eval_transform(cfg.image_size)
-    stages.append(partial(_decode, seed=_seed(seed, rank, "decode"), kb=load_knowledge(),
+    stages.append(partial(_decode, seed=stable_seed(seed, rank, "decode"), kb=load_knowledge(),
                           vocab_ids={name: i for i, name in enumerate(vocab)}, transform=transform))
     return wds.DataPipeline(*stages)
 
@@ -366,7 +224,7 @@ def _samples(shard_dir: str | Path, split: str, cfg: DataConfig, *, rank: int, w
 def make_stream(shard_dir: str | Path, cfg: DataConfig, tokenizer: Any, *, batch_size: int, rank: int = 0,
                 world_size: int = 1, resampled: bool = True, epoch_seed: int = 0) -> wds.DataPipeline:
     """Dict batches from one shard set: infinite and seeded by `epoch_seed` when resampled, else one pass."""
-    seed = _seed(cfg.seed, epoch_seed, Path(shard_dir).name)
+    seed = stable_seed(cfg.seed, epoch_seed, Path(shard_dir).name)
     samples = _samples(shard_dir, cfg.split, cfg, rank=rank, world_size=world_size, resampled=resampled,
                        seed=seed, augment=cfg.augment, shuffle=True)
     collate = Collate(tokenizer, cfg.max_text_len, len(_vocabulary(shard_dir)))
@@ -393,13 +251,13 @@ def make_loader(cfg: DataConfig, tokenizer: Any, rank: int = 0, world_size: int 
     else:
         if _vocabulary(cfg.public) != _vocabulary(cfg.elite):
             raise ValueError("data.public and data.elite have different label vocabularies; rebuild them together")
-        seed = _seed(cfg.seed, step)
+        seed = stable_seed(cfg.seed, step)
         kwargs = {"rank": rank, "world_size": world_size, "resampled": True, "augment": cfg.augment,
                   "shuffle": True}
-        public = _samples(cfg.public, cfg.split, cfg, seed=_seed(seed, "public"), **kwargs)
-        elite = _samples(cfg.elite, cfg.split, cfg, seed=_seed(seed, "elite"), **kwargs)
+        public = _samples(cfg.public, cfg.split, cfg, seed=stable_seed(seed, "public"), **kwargs)
+        elite = _samples(cfg.elite, cfg.split, cfg, seed=stable_seed(seed, "elite"), **kwargs)
         collate = Collate(tokenizer, cfg.max_text_len, len(_vocabulary(cfg.public)))
-        pipeline = wds.DataPipeline(partial(_mix, public, elite, cfg.elite_fraction, _seed(seed, rank)),
+        pipeline = wds.DataPipeline(partial(_mix, public, elite, cfg.elite_fraction, stable_seed(seed, rank)),
                                     wds.batched(cfg.batch_size, collation_fn=collate, partial=False))
     # Batching happens inside the pipeline (per worker), so the loader itself must not batch again.
     return wds.WebLoader(pipeline, batch_size=None, shuffle=False, num_workers=cfg.workers,
@@ -413,6 +271,6 @@ def eval_dataset(shard_dir: str | Path, split: str, cfg: DataConfig, tokenizer: 
     Iterate it directly (single process) or through a DataLoader with batch_size=None.
     """
     samples = _samples(shard_dir, split, cfg, rank=0, world_size=1, resampled=False,
-                       seed=_seed(cfg.seed, "eval"), augment=False, shuffle=False)
+                       seed=stable_seed(cfg.seed, "eval"), augment=False, shuffle=False)
     collate = Collate(tokenizer, cfg.max_text_len, len(_vocabulary(shard_dir)))
     return wds.DataPipeline(samples, wds.batched(cfg.batch_size, collation_fn=collate, partial=True))

@@ -12,8 +12,10 @@ accelerator), over pretrain.model.param_groups so norms, biases and the logit sc
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Literal
@@ -29,7 +31,10 @@ __all__ = [
     "NonFiniteLoss",
     "build_engine",
     "deepspeed_config",
+    "ema_parameters_",
     "free_port",
+    "gather_persistent_parameters",
+    "gathered_parameters",
     "init_distributed_env",
     "resolve_precision",
     "train_step",
@@ -184,3 +189,75 @@ def train_step(engine: Any, loss_fn: LossFn, batch: Any, total_key: str = "loss"
     engine.backward(total)
     engine.step()
     return {k: float(v.detach().float().mean()) for k, v in terms.items()}
+
+
+# ----------------------------------------------------------------------------- ZeRO-3 parameter access
+# The only DeepSpeed internals used outside engine construction; without ZeRO-3 every helper is plain torch.
+
+
+def _partitioned(param: torch.Tensor) -> bool:
+    return hasattr(param, "ds_tensor")
+
+
+@contextlib.contextmanager
+def gathered_parameters(params: Sequence[nn.Parameter]) -> Iterator[None]:
+    """Full tensors of ZeRO-3 partitioned parameters inside the block, on every rank (read-only); call on ALL
+    ranks. Without ZeRO-3 the parameters are already whole and nothing happens."""
+    params = list(params)
+    if not any(_partitioned(p) for p in params):
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+        yield
+
+
+def gather_persistent_parameters(module: nn.Module) -> None:
+    """ZeRO-3: gather the persistent (small, always-whole) parameters of `module` that are still partitioned.
+    DeepSpeed's hooks fetch only the parameters of modules whose forward runs, and a module called outside the
+    engine's first forward (e.g. a momentum copy) may read some through a parent (timm's cls_token/pos_embed);
+    once gathered, persistent parameters stay gathered. No-op without ZeRO-3."""
+    pending = [p for p in module.parameters()
+               if getattr(p, "ds_persist", False) and p.data.numel() != p.ds_numel]
+    if pending:
+        pending[0].all_gather(param_list=pending)
+
+
+@torch.no_grad()
+def ema_parameters_(pairs: Sequence[tuple[nn.Parameter, nn.Parameter]], momentum: float) -> None:
+    """target <- momentum * target + (1 - momentum) * source for every (source, target) pair.
+
+    ZeRO-3: sources and targets of the same shapes share one flat layout, so rank r holds the same elements of
+    both; the update runs on the local partitions (`ds_tensor`) with no communication and no full copy. A
+    persistent target also holds a full tensor, rebuilt from the updated partitions with one all-gather, so it
+    never drifts from its partition (DeepSpeed restores only the partitions of frozen parameters)."""
+    if not any(_partitioned(q) for _, q in pairs):
+        for p, q in pairs:
+            q.mul_(momentum).add_(p.to(q.dtype), alpha=1 - momentum)
+        return
+    whole = []
+    for p, q in pairs:
+        q.ds_tensor.data.mul_(momentum).add_(p.ds_tensor.data.to(q.ds_tensor.dtype), alpha=1 - momentum)
+        if q.data.numel() == q.ds_numel:  # persistent: a full copy lives beside the partition
+            whole.append(q)
+    if whole:
+        _refresh_full(whole)
+
+
+def _refresh_full(params: list[nn.Parameter]) -> None:
+    """Rebuild the full tensors of gathered ZeRO-3 parameters from their partitions (one all-gather)."""
+    local = torch.cat([q.ds_tensor.data.reshape(-1) for q in params])
+    dist = torch.distributed
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    full = torch.empty(world * local.numel(), dtype=local.dtype, device=local.device)
+    if world > 1:
+        dist.all_gather_into_tensor(full, local)
+    else:
+        full.copy_(local)
+    full = full.view(world, -1)
+    offset = 0
+    for q in params:
+        n = q.ds_tensor.numel()
+        q.data.copy_(full[:, offset:offset + n].reshape(-1)[:q.ds_numel].view_as(q.data))
+        offset += n

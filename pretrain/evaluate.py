@@ -26,9 +26,7 @@ Results go to OUT/metrics.json (default RUN_DIR/eval; confusion matrices inside,
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pretrain.eval_inputs import EvalInputError, finite_or_none, shard_metadata, shard_urls_or_fail
 from pretrain.metrics import classification_report, retrieval_recall_at_k
 from pretrain.probes import k_shot_indices, linear_probe, zero_shot_scores
 
@@ -45,10 +44,6 @@ __all__ = ["DR_GRADES", "EvalConfig", "EvalInputError", "class_order", "class_pr
 DR_GRADES = ("no diabetic retinopathy", "mild diabetic retinopathy", "moderate diabetic retinopathy",
              "severe diabetic retinopathy", "proliferative diabetic retinopathy")
 PROBE_METRICS = ("aca", "macro_f1", "auc", "kappa")
-
-
-class EvalInputError(ValueError):
-    """Bad input (missing run files, unusable shard set): the CLI prints it and exits with status 2."""
 
 
 @dataclass
@@ -192,33 +187,6 @@ def _probes(image_emb: torch.Tensor, labels: np.ndarray, train: np.ndarray, test
 # ----------------------------------------------------------------------------- embedding shard sets
 
 
-def _shard_metadata(shard_dir: str | Path, split: str) -> dict[str, dict]:
-    """key -> sample json (+ `has_caption`), read from the json/txt members only (no image decoding)."""
-    import webdataset as wds
-
-    keep = lambda name: name.rsplit(".", 1)[-1] in ("json", "txt")  # noqa: E731
-    pipeline = wds.DataPipeline(wds.SimpleShardList(_shard_urls_or_fail(shard_dir, split)),
-                                wds.tarfile_to_samples(select_files=keep))
-    out = {}
-    for sample in pipeline:
-        meta = json.loads(sample["json"])
-        meta["has_caption"] = bool(sample.get("txt", b"").strip())
-        out[sample["__key__"]] = meta
-    return out
-
-
-def _shard_urls_or_fail(shard_dir: str | Path, split: str) -> list[str]:
-    from shards.index import shard_urls
-
-    try:
-        urls = shard_urls(Path(shard_dir), split)
-    except (OSError, ValueError) as err:
-        raise EvalInputError(str(err)) from None
-    if not urls:
-        raise EvalInputError(f"{shard_dir}: no shards for split {split!r}")
-    return urls
-
-
 def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -229,7 +197,7 @@ def _embed_shards(model: Any, tokenizer: Any, shard_dir: str | Path, split: str,
     """Unit image (and caption) embeddings of every sample of one split, with their keys, on the CPU."""
     from pretrain.data import DataConfig, eval_dataset
 
-    _shard_urls_or_fail(shard_dir, split)
+    shard_urls_or_fail(shard_dir, split)
     data_cfg = DataConfig(batch_size=batch_size, image_size=model.config.vision.image_size,
                           max_text_len=model.config.text.max_len, workers=0)
     device = _device(model)
@@ -277,7 +245,7 @@ def evaluate(model: Any, tokenizer: Any, cfg: EvalConfig) -> dict[str, Any]:
     if cfg.eval_shards is None:
         raise EvalInputError("no evaluation shard set given (--eval-shards)")
     model.eval()
-    meta = _shard_metadata(cfg.eval_shards, cfg.split)
+    meta = shard_metadata(cfg.eval_shards, cfg.split)
     emb = _embed_shards(model, tokenizer, cfg.eval_shards, cfg.split, cfg.batch_size, with_text=False)
     groups: dict[str, list[int]] = {}
     unlabelled = 0
@@ -314,7 +282,7 @@ def evaluate(model: Any, tokenizer: Any, cfg: EvalConfig) -> dict[str, Any]:
 def _retrieval(model: Any, tokenizer: Any, cfg: EvalConfig) -> dict[str, Any]:
     """R@K on the samples that carry a real caption (categorical samples would only bring sampled prompts)."""
     assert cfg.retrieval_shards is not None
-    meta = _shard_metadata(cfg.retrieval_shards, cfg.retrieval_split)
+    meta = shard_metadata(cfg.retrieval_shards, cfg.retrieval_split)
     emb = _embed_shards(model, tokenizer, cfg.retrieval_shards, cfg.retrieval_split, cfg.batch_size, with_text=True)
     rows = [i for i, key in enumerate(emb["keys"]) if meta[key]["has_caption"]]
     if len(rows) < 2:
@@ -329,61 +297,23 @@ def _retrieval(model: Any, tokenizer: Any, cfg: EvalConfig) -> dict[str, Any]:
 
 def load_run_model(run_dir: str | Path, checkpoint: str | Path | None = None,
                    device: str | torch.device = "cpu") -> tuple[Any, Any, Any]:
-    """(model in eval mode, tokenizer, TrainConfig) of a run: the model is built from RUN_DIR/config.yaml without
-    any pretrained weights (they would be overwritten) and then loads the checkpoint's state dict."""
-    from transformers import AutoTokenizer
+    """(model in eval mode, tokenizer, TrainConfig) of a run (pretrain.runs.load_run); bad input is an
+    EvalInputError."""
+    from pretrain.runs import RunLoadError, load_run
 
-    from pretrain.config import load_config
-    from pretrain.consolidate import load_model_state_dict
-    from pretrain.model import build_model
-    from pretrain.train import TrainConfig, resolve_text_path
-
-    run_dir = Path(run_dir)
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise EvalInputError(f"{config_path}: missing (is {run_dir} a run folder of retina-pretrain train?)")
     try:
-        train_cfg = load_config(TrainConfig, config_path)
-    except ValueError as err:
-        raise EvalInputError(f"{config_path}: {err}") from None
-    ckpt = Path(checkpoint) if checkpoint is not None else run_dir
-    try:
-        state = load_model_state_dict(ckpt)  # any ZeRO stage; CheckpointError is a ValueError
-    except (OSError, ValueError) as err:
-        raise EvalInputError(f"{ckpt}: cannot load a checkpoint: {err}") from None
-    text = dataclasses.replace(train_cfg.model.text, random_init=True,
-                               name_or_path=resolve_text_path(train_cfg.model.text.name_or_path))
-    model_cfg = dataclasses.replace(train_cfg.model, text=text, init_from=None,
-                                    vision=dataclasses.replace(train_cfg.model.vision, pretrained_path=None))
-    model = build_model(model_cfg)
-    from pretrain.objectives import build_objective
-
-    build_objective(train_cfg.method, **train_cfg.objective).attach(model)  # e.g. KeepFIT V2's caption decoder
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise EvalInputError(f"{ckpt}: checkpoint does not match {config_path}: missing {list(missing)[:5]}, "
-                             f"unexpected {list(unexpected)[:5]}")
-    tokenizer = AutoTokenizer.from_pretrained(text.name_or_path)
-    return model.to(device).eval(), tokenizer, train_cfg
+        run = load_run(run_dir, checkpoint, device=device)
+    except RunLoadError as err:
+        raise EvalInputError(str(err)) from None
+    return run.model, run.tokenizer, run.config
 
 
 # ----------------------------------------------------------------------------- output
-
-
-def _finite_or_none(obj: Any) -> Any:
-    """JSON has no NaN: an undefined metric (e.g. kappa with one predicted class) becomes null."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite_or_none(v) for v in obj]
-    return obj
 
 
 def write_metrics(metrics: dict[str, Any], out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "metrics.json"
-    path.write_text(json.dumps(_finite_or_none(metrics), indent=2) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(finite_or_none(metrics), indent=2) + "\n", encoding="utf-8")
     return path

@@ -2,17 +2,39 @@
 
 FLAIR and KeepFIT report ACA (balanced accuracy), macro F1 and AUC for classification transfer, and
 quadratic-weighted Cohen's kappa for diabetic-retinopathy grading; retrieval is reported as Recall@K.
-Everything is computed in float64 numpy so results do not depend on the caller's dtype or device.
 Inputs may be torch tensors or numpy arrays; every scalar comes back as a Python float.
+
+The classification metrics are `sklearn.metrics` calls. This module validates the inputs (1-D integer labels
+inside [0, num_classes), equal lengths), fixes the set of classes each metric averages over, and turns
+sklearn's warnings for the documented edge cases into the documented results:
+
+- `confusion_matrix`: `confusion_matrix(labels=0..C-1)`, rows true classes, columns predicted; int64.
+- `balanced_accuracy`: `balanced_accuracy_score`, the mean recall over the classes present in y_true. A class
+  absent from y_true has no recall to measure and is left out of the mean.
+- `macro_f1`: `f1_score(average="macro", labels=classes in y_true or y_pred)`, F1_c = 2 TP / (2 TP + FP + FN).
+  A class only predicted or only true has F1 = 0; a class in neither is left out (its F1 is 0/0).
+- `auc_ovr`: `roc_auc_score`; a tied positive/negative pair counts 1/2. Binary (C = 2, or 1-D scores): the AUC
+  of class 1's score. Multiclass: `average="macro"` over the one-vs-rest indicator columns of the classes
+  present in y_true. That is the number `roc_auc_score(multi_class="ovr")` computes, but that form is not used:
+  it rejects scores whose rows do not sum to 1 (zero-shot cosine similarities and logits do not) and gives
+  nan for a class absent from y_true, which this metric skips instead.
+- `quadratic_kappa`: `cohen_kappa_score(labels=0..C-1, weights="quadratic")`, weights (i - j)^2 on the grade
+  indices; nan where kappa is undefined (zero chance disagreement, e.g. both raters use a single class).
+
+Recall@K is computed here: sklearn has no image-text retrieval recall, and ours needs its own tie rule.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import torch
+from sklearn import metrics as skm
+from sklearn.exceptions import UndefinedMetricWarning
 
 ArrayLike = Any  # torch.Tensor | np.ndarray | Sequence
 
@@ -51,62 +73,38 @@ def _pair(y_true: ArrayLike, y_pred: ArrayLike, num_classes: int) -> tuple[np.nd
     return t, p
 
 
-def confusion_matrix(y_true: ArrayLike, y_pred: ArrayLike, num_classes: int) -> np.ndarray:
-    """Counts M[i, j] = #{n : y_true[n] = i and y_pred[n] = j}, shape (C, C), int64.
+@contextmanager
+def _documented_edge_cases() -> Iterator[None]:
+    """Silence the sklearn warnings whose cases have the results the module doc states."""
+    with warnings.catch_warnings():
+        # a class only in y_pred is left out of the balanced accuracy
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        # a 1 x 1 matrix is the right shape when every label is the same (or num_classes is 1)
+        warnings.filterwarnings("ignore", message="A single label was found")
+        # kappa with zero chance disagreement: replace_undefined_by gives the documented nan
+        warnings.filterwarnings("ignore", category=UndefinedMetricWarning)
+        yield
 
-    Rows are true classes and columns predicted classes (the sklearn convention).
-    """
+
+def confusion_matrix(y_true: ArrayLike, y_pred: ArrayLike, num_classes: int) -> np.ndarray:
+    """Counts M[i, j] = #{n : y_true[n] = i and y_pred[n] = j}, shape (C, C), int64."""
     t, p = _pair(y_true, y_pred, num_classes)
-    flat = np.bincount(t * num_classes + p, minlength=num_classes * num_classes)
-    return flat.reshape(num_classes, num_classes)
+    with _documented_edge_cases():
+        return skm.confusion_matrix(t, p, labels=np.arange(num_classes)).astype(np.int64)
 
 
 def balanced_accuracy(y_true: ArrayLike, y_pred: ArrayLike, num_classes: int) -> float:
-    """ACA = (1/|K|) * sum_{c in K} TP_c / (TP_c + FN_c), K = classes present in y_true.
-
-    Classes absent from y_true have no recall to measure, so they are left out of the mean.
-    """
-    cm = confusion_matrix(y_true, y_pred, num_classes)
-    support = cm.sum(axis=1)
-    present = support > 0
-    recall = np.diag(cm)[present] / support[present]
-    return float(recall.mean())
+    """ACA = mean over classes c present in y_true of TP_c / (TP_c + FN_c); see the module doc."""
+    t, p = _pair(y_true, y_pred, num_classes)
+    with _documented_edge_cases():
+        return float(skm.balanced_accuracy_score(t, p))
 
 
 def macro_f1(y_true: ArrayLike, y_pred: ArrayLike, num_classes: int) -> float:
-    """Mean over classes c in y_true or y_pred of F1_c = 2 TP_c / (2 TP_c + FP_c + FN_c).
-
-    A class that is predicted but never true (or true but never predicted) has TP = 0 and F1 = 0;
-    classes in neither are skipped, since their F1 is 0/0.
-    """
-    cm = confusion_matrix(y_true, y_pred, num_classes)
-    tp = np.diag(cm).astype(np.float64)
-    fp = cm.sum(axis=0) - tp
-    fn = cm.sum(axis=1) - tp
-    present = (cm.sum(axis=0) + cm.sum(axis=1)) > 0
-    denom = 2 * tp + fp + fn
-    f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
-    return float(f1[present].mean())
-
-
-def _average_ranks(x: np.ndarray) -> np.ndarray:
-    """1-based ranks of x where tied values share the mean of the ranks they span."""
-    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
-    # The tie group g spans ranks (end_g - count_g + 1) .. end_g; its mean is end_g - (count_g - 1)/2.
-    group_end = np.cumsum(counts)
-    return (group_end - (counts - 1) / 2.0)[inverse]
-
-
-def _binary_auc(positive: np.ndarray, score: np.ndarray) -> float:
-    """ROC AUC via Mann-Whitney U: (R_pos - n_pos (n_pos + 1)/2) / (n_pos n_neg).
-
-    R_pos is the sum of the positives' average ranks, so a tied positive/negative pair counts 1/2.
-    """
-    n_pos = int(positive.sum())
-    n_neg = positive.size - n_pos
-    ranks = _average_ranks(score)
-    u = ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
+    """Mean F1 over the classes in y_true or y_pred; see the module doc."""
+    t, p = _pair(y_true, y_pred, num_classes)
+    used = np.union1d(t, p)  # F1 of a class in neither is 0/0: leave it out rather than count it as 0
+    return float(skm.f1_score(t, p, labels=used, average="macro"))
 
 
 def auc_ovr(y_true: ArrayLike, scores: ArrayLike) -> float:
@@ -129,27 +127,25 @@ def auc_ovr(y_true: ArrayLike, scores: ArrayLike) -> float:
     if present.size < 2:
         raise ValueError("AUC needs at least two classes present in y_true")
     if num_classes == 2:
-        return _binary_auc(t == 1, s[:, 1])
-    return float(np.mean([_binary_auc(t == c, s[:, c]) for c in present]))
+        return float(skm.roc_auc_score(t == 1, s[:, 1]))
+    one_vs_rest = t[:, None] == present[None, :]  # (N, |present|) indicator, one column per present class
+    return float(skm.roc_auc_score(one_vs_rest, s[:, present], average="macro"))
 
 
 def quadratic_kappa(y_true: ArrayLike, y_pred: ArrayLike, num_classes: int) -> float:
-    """Cohen's kappa with quadratic weights w_ij = (i - j)^2 / (C - 1)^2:
+    """Cohen's kappa with quadratic weights w_ij = (i - j)^2:
 
         kappa = 1 - sum_ij w_ij O_ij / sum_ij w_ij E_ij,   E = outer(row sums of O, column sums of O) / N
 
     where O is the confusion matrix. Returns nan when chance disagreement is zero (both raters put
     every sample in the same single class), where kappa is undefined.
     """
-    cm = confusion_matrix(y_true, y_pred, num_classes).astype(np.float64)
-    grades = np.arange(num_classes, dtype=np.float64)
-    # The 1/(C - 1)^2 normalisation cancels in the ratio, so plain squared distances suffice.
-    weights = (grades[:, None] - grades[None, :]) ** 2
-    expected = np.outer(cm.sum(axis=1), cm.sum(axis=0)) / cm.sum()
-    chance = float((weights * expected).sum())
-    if chance == 0.0:
-        return float("nan")
-    return float(1.0 - (weights * cm).sum() / chance)
+    t, p = _pair(y_true, y_pred, num_classes)
+    with _documented_edge_cases():
+        kappa = skm.cohen_kappa_score(
+            t, p, labels=np.arange(num_classes), weights="quadratic", replace_undefined_by=float("nan")
+        )
+    return float(kappa)
 
 
 def _l2_normalise(x: np.ndarray) -> np.ndarray:

@@ -27,11 +27,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import json
 import logging
 import tarfile
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,8 +38,9 @@ import torch
 import torch.nn.functional as F
 
 from pretrain.engine import EngineConfig
-from pretrain.model import TextConfig
-from pretrain.train import RunConfig
+from pretrain.loop import RunConfig
+from pretrain.samples import stable_seed
+from pretrain.towers import TextConfig
 
 __all__ = ["CorpusConfig", "MLMConfig", "MaskedLM", "TextPretrainConfig", "batch_indices", "build_corpus",
            "build_mlm_model", "mask_tokens", "mlm_loss", "save_text_model", "text_pretrain"]
@@ -137,13 +135,9 @@ def build_corpus(cfg: CorpusConfig, kb: Any = None) -> list[str]:
 # ----------------------------------------------------------------------------- batches and masking
 
 
-def _seed(*parts: Any) -> int:
-    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little") >> 1
-
-
 @functools.lru_cache(maxsize=4)
 def _permutation(n: int, seed: int, epoch: int) -> tuple[int, ...]:
-    return tuple(torch.randperm(n, generator=torch.Generator().manual_seed(_seed(seed, epoch))).tolist())
+    return tuple(torch.randperm(n, generator=torch.Generator().manual_seed(stable_seed(seed, epoch))).tolist())
 
 
 def batch_indices(n: int, step: int, rank: int, world_size: int, batch_size: int, seed: int) -> list[int]:
@@ -187,7 +181,7 @@ def _make_batch(corpus: Sequence[str], tokenizer: Any, cfg: TextPretrainConfig, 
     texts = [corpus[i] for i in batch_indices(len(corpus), step, rank, world_size, cfg.batch_size, cfg.run.seed)]
     tokens = tokenizer(texts, padding="longest", truncation=True, max_length=cfg.text.max_len,
                        return_special_tokens_mask=True, return_tensors="pt")
-    generator = torch.Generator().manual_seed(_seed(cfg.run.seed, "mask", step, rank))
+    generator = torch.Generator().manual_seed(stable_seed(cfg.run.seed, "mask", step, rank))
     input_ids, labels = mask_tokens(tokens["input_ids"], tokens["special_tokens_mask"],
                                     mask_token_id=tokenizer.mask_token_id, vocab_size=len(tokenizer),
                                     generator=generator, probability=cfg.mlm.mask_probability,
@@ -202,7 +196,7 @@ def build_mlm_model(cfg: TextConfig) -> torch.nn.Module:
     """A transformers masked-LM model for the text tower config (same config rules as pretrain.model)."""
     from transformers import AutoModelForMaskedLM
 
-    from pretrain.model import load_text_model
+    from pretrain.towers import load_text_model
 
     return MaskedLM(load_text_model(cfg, AutoModelForMaskedLM))
 
@@ -229,27 +223,25 @@ class MaskedLM(torch.nn.Module):
         return mlm_loss(logits[None], labels[keep][None])
 
 
-def save_text_model(engine: Any, tokenizer: Any, out: str | Path) -> Path:
+def save_text_model(model: torch.nn.Module, tokenizer: Any, out: str | Path) -> Path:
     """Write the encoder (MLM head dropped) and tokenizer as a transformers folder; call on ALL ranks
     (ZeRO-3 gathers every parameter first). Replaces OUT atomically."""
-    import deepspeed
+    from pretrain.engine import gathered_parameters
+    from pretrain.loop import rank_world
+    from shards.atomic import replace_folder
 
-    from pretrain.hf.export import write_atomically
-
-    dist = torch.distributed
-    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-    module = engine.module.mlm
-    with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-        if rank == 0:
+    module = model.mlm
+    with gathered_parameters(list(module.parameters())):
+        if rank_world()[0] == 0:
             def fill(tmp: Path) -> None:
                 encoder = module.base_model
                 encoder.config.architectures = [type(encoder).__name__]
                 encoder.save_pretrained(tmp, safe_serialization=True)
                 tokenizer.save_pretrained(tmp)
 
-            write_atomically(out, fill, overwrite=True)
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+            replace_folder(out, fill, overwrite=True)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
     return Path(out)
 
 
@@ -257,16 +249,17 @@ def save_text_model(engine: Any, tokenizer: Any, out: str | Path) -> Path:
 
 
 def text_pretrain(cfg: TextPretrainConfig) -> dict[str, Any]:
-    """Run (or resume) stage 1; returns {"step", "start_step", "loss", "losses", "skipped", "out", "corpus"}."""
+    """Run (or resume) stage 1; returns the loop's summary plus "out" (the encoder folder) and "corpus"."""
     from transformers import AutoTokenizer
 
-    from pretrain.checkpoint import load_checkpoint, save_checkpoint, save_run_config
-    from pretrain.engine import NonFiniteLoss, build_engine, init_distributed_env, train_step
-    from pretrain.train import resolve_text_path
+    from pretrain.checkpoint import save_run_config
+    from pretrain.engine import build_engine, init_distributed_env
+    from pretrain.loop import TrainingLoop, rank_world, seed_everything
+    from pretrain.towers import resolve_text_path
+    from pretrain.train import scheduled_engine_config
 
     init_distributed_env()
-    dist = torch.distributed
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    rank, world = rank_world()
     run_dir = Path(cfg.run.dir)
     text_cfg = dataclasses.replace(cfg.text, name_or_path=resolve_text_path(cfg.text.name_or_path))
     tokenizer = AutoTokenizer.from_pretrained(text_cfg.name_or_path)
@@ -275,56 +268,23 @@ def text_pretrain(cfg: TextPretrainConfig) -> dict[str, Any]:
     corpus = build_corpus(cfg.corpus)
     if not corpus:
         raise ValueError("the corpus is empty: give corpus.shards or enable descriptions/prompts")
-    torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
+    seed_everything(cfg.run.seed)  # the same initial weights on every rank
     model = build_mlm_model(text_cfg)
-    torch.manual_seed(cfg.run.seed + rank)  # then rank-specific dropout
-    engine_cfg = dataclasses.replace(cfg.engine, micro_batch_size=cfg.batch_size,
-                                     total_steps=cfg.engine.total_steps or cfg.run.steps)
-    engine, optimizer, _ = build_engine(model, engine_cfg)
+    engine, optimizer, _ = build_engine(model, scheduled_engine_config(cfg.engine, cfg.run.steps, cfg.batch_size))
+    seed_everything(cfg.run.seed + rank)  # then rank-specific dropout
     save_run_config(run_dir, cfg)
     if rank == 0:
         (run_dir / "corpus.txt").write_text("\n".join(corpus) + "\n", encoding="utf-8")
-    state = load_checkpoint(engine, run_dir, cfg.run.resume)
-    start = int(state["step"]) if state else 0
-    if rank == 0:
-        print(f"{'resumed from step ' + str(start) if state else 'starting fresh'} | text-pretrain (MLM) | corpus "
-              f"{len(corpus)} texts | params {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M | "
-              f"world {world} | run {run_dir}", flush=True)
+    loop = TrainingLoop(engine, optimizer, cfg.run)
+    loop.say(f"{'resumed from step ' + str(loop.start_step) if loop.resumed else 'starting fresh'} | text-pretrain "
+             f"(MLM) | corpus {len(corpus)} texts | params {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M | "
+             f"world {world} | run {run_dir}")
 
-    def loss_fn(eng: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        loss, accuracy = eng(batch["input_ids"], batch["attention_mask"], batch["labels"])
+    def loss_fn(module: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        loss, accuracy = module(batch["input_ids"], batch["attention_mask"], batch["labels"])
         return {"loss": loss, "mlm": loss.detach(), "mlm_accuracy": accuracy}
 
-    losses: list[float] = []
-    skipped, step, window, t0 = 0, start, {}, time.perf_counter()
-    saved_at = start if state else -1
-    for step in range(start + 1, cfg.run.steps + 1):
-        batch = {k: v.to(engine.device) for k, v in _make_batch(corpus, tokenizer, cfg, step, rank, world).items()}
-        try:
-            terms = train_step(engine, loss_fn, batch)
-        except NonFiniteLoss as err:
-            skipped += 1
-            log.error("step %d skipped: %s", step, err)
-            continue
-        losses.append(terms["loss"])
-        for k, v in terms.items():
-            window.setdefault(k, []).append(v)
-        if cfg.run.log_every > 0 and step % cfg.run.log_every == 0:
-            scalars = {k: sum(v) / len(v) for k, v in window.items()}
-            scalars["lr"] = float(optimizer.param_groups[0]["lr"])
-            scalars["texts_per_s"] = len(window["loss"]) * cfg.batch_size * world / (time.perf_counter() - t0)
-            if rank == 0:
-                print(f"step {step} | " + " | ".join(f"{k} {v:.4g}" for k, v in scalars.items()), flush=True)
-                with (run_dir / "metrics.jsonl").open("a", encoding="utf-8") as f:
-                    f.write(json.dumps({"step": step, **scalars}) + "\n")
-            window, t0 = {}, time.perf_counter()
-        if cfg.run.save_every > 0 and step % cfg.run.save_every == 0:
-            save_checkpoint(engine, run_dir, step)
-            saved_at = step
-    if saved_at != step and step > start:
-        save_checkpoint(engine, run_dir, step)
-    out = save_text_model(engine, tokenizer, cfg.out or run_dir / "text_model")
-    if rank == 0:
-        print(f"done at step {step} | text model for stage 2 (model.text.name_or_path): {out}", flush=True)
-    return {"step": step, "start_step": start, "loss": losses[-1] if losses else None, "losses": losses,
-            "skipped": skipped, "out": str(out), "corpus": len(corpus)}
+    summary = loop.run(lambda step: _make_batch(corpus, tokenizer, cfg, step, rank, world), loss_fn)
+    out = save_text_model(model, tokenizer, cfg.out or run_dir / "text_model")
+    loop.say(f"done at step {summary['step']} | text model for stage 2 (model.text.name_or_path): {out}")
+    return {**summary, "out": str(out), "corpus": len(corpus)}

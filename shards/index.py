@@ -8,9 +8,10 @@ samples' `labels` ids index into.
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
+
+from shards.atomic import atomic_write
 
 INDEX_FORMAT = "retinascale-shards"
 INDEX_VERSION = 1
@@ -31,21 +32,12 @@ def read_marker(out: Path, shard_name: str) -> dict | None:
         return None
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def write_json_atomic(path: Path, obj: dict) -> None:
-    _write_atomic(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
+    atomic_write(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
 
 
 def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
-    _write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def reason_kind(reason: str) -> str:

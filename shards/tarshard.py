@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import tarfile
 from pathlib import Path
+
+from shards.atomic import atomic_open
 
 ALLOWED_EXTENSIONS = ("jpg", "png", "txt", "json")
 
@@ -28,17 +29,13 @@ def _member(name: str, data: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:
 
 def write_shard(path: Path, samples: list[dict[str, bytes]]) -> tuple[int, str]:
     """Write samples ({'__key__': key, ext: bytes}) atomically; return (size in bytes, sha256)."""
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "wb") as raw:
+    with atomic_open(path, "wb") as raw:
         with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
             for sample in samples:
                 key = sample["__key__"]
                 for ext in ALLOWED_EXTENSIONS:
                     if ext in sample:
                         tar.addfile(*_member(f"{key}.{ext}", sample[ext]))
-        raw.flush()
-        os.fsync(raw.fileno())
-    os.replace(tmp, path)
     return path.stat().st_size, file_sha256(path)
 
 

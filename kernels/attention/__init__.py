@@ -15,7 +15,7 @@ A fully masked query row (no key it may attend) outputs zeros and gets zero grad
 Backends: "triton" (FlashAttention-2 kernels of `kernels.attention.triton_flash`; CUDA, or the CPU
 interpreter under TRITON_INTERPRET=1; Dh <= 256), "xformers" (memory_efficient_attention; CUDA and an
 importable xformers), "sdpa" (torch's scaled_dot_product_attention), "eager" (explicit softmax(QK^T)V;
-the test reference in float64). None picks triton on CUDA when it can run, else sdpa. Asking for a
+the test reference in float64). None picks sdpa everywhere (registry.py says why). Asking for a
 backend that cannot run raises RuntimeError with the reason; there is no silent fallback.
 """
 

@@ -14,7 +14,6 @@ from typing import Callable
 import torch
 
 BACKENDS = ("triton", "xformers", "sdpa", "eager")
-TRITON_MAX_HEAD_DIM = 256
 
 
 def _interpreting() -> bool:

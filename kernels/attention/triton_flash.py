@@ -38,9 +38,10 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from kernels.triton_common import interpreting as _interpreting
-from kernels.triton_common import mm as _mm
-from kernels.attention.registry import TRITON_MAX_HEAD_DIM
+from kernels.triton_common import interpreting
+from kernels.triton_common import mm
+
+TRITON_MAX_HEAD_DIM = 256
 
 # fp32 inputs use exact fp32 products; "tf32" is the faster candidate to benchmark on a GPU.
 FP32_INPUT_PRECISION = "ieee"
@@ -113,13 +114,13 @@ def _attn_fwd_kernel(
         allowed = _key_valid(offs_n, seq_k, pad_ptr, stride_pn, HAS_PAD)[None, :]
         if CAUSAL:
             allowed = allowed & (offs_n[None, :] <= offs_m[:, None])
-        s = tl.where(allowed, _mm(q, tl.trans(k), FP32_PRECISION, UPCAST) * qk_scale, float("-inf"))
+        s = tl.where(allowed, mm(q, tl.trans(k), FP32_PRECISION, UPCAST) * qk_scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)  # empty so far: shift by 0, not -inf
         p = tl.exp2(s - m_shift[:, None])
         alpha = tl.exp2(m_i - m_shift)
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + _mm(p.to(v.dtype), v, FP32_PRECISION, UPCAST)
+        acc = acc * alpha[:, None] + mm(p.to(v.dtype), v, FP32_PRECISION, UPCAST)
         m_i = m_new
 
     empty = l_i == 0.0  # a non-empty row has l_i >= 1 (its max contributes exp2(0))
@@ -209,12 +210,12 @@ def _attn_bwd_dkdv_kernel(
         allowed = valid[:, None]
         if CAUSAL:
             allowed = allowed & (offs_n[:, None] <= offs_m[None, :])
-        s_t = _mm(k, q_t, FP32_PRECISION, UPCAST) * qk_scale
+        s_t = mm(k, q_t, FP32_PRECISION, UPCAST) * qk_scale
         p_t = tl.where(allowed, tl.exp2(s_t - lse2[None, :]), 0.0)
-        dv += _mm(p_t.to(do.dtype), do, FP32_PRECISION, UPCAST)
-        dp_t = _mm(v, tl.trans(do), FP32_PRECISION, UPCAST)
+        dv += mm(p_t.to(do.dtype), do, FP32_PRECISION, UPCAST)
+        dp_t = mm(v, tl.trans(do), FP32_PRECISION, UPCAST)
         ds_t = p_t * (dp_t - delta[None, :])
-        dk += _mm(ds_t.to(q_t.dtype), tl.trans(q_t), FP32_PRECISION, UPCAST)
+        dk += mm(ds_t.to(q_t.dtype), tl.trans(q_t), FP32_PRECISION, UPCAST)
 
     tl.store(dk_ptr + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
              (dk * scale).to(dk_ptr.dtype.element_ty), mask=tile_n)
@@ -271,11 +272,11 @@ def _attn_bwd_dq_kernel(
         allowed = _key_valid(offs_n, seq_k, pad_ptr, stride_pn, HAS_PAD)[None, :]
         if CAUSAL:
             allowed = allowed & (offs_n[None, :] <= offs_m[:, None])
-        s = _mm(q, k_t, FP32_PRECISION, UPCAST) * qk_scale
+        s = mm(q, k_t, FP32_PRECISION, UPCAST) * qk_scale
         p = tl.where(allowed, tl.exp2(s - lse2[:, None]), 0.0)
-        dp = _mm(do, v_t, FP32_PRECISION, UPCAST)
+        dp = mm(do, v_t, FP32_PRECISION, UPCAST)
         ds = p * (dp - delta[:, None])
-        dq += _mm(ds.to(k_t.dtype), tl.trans(k_t), FP32_PRECISION, UPCAST)
+        dq += mm(ds.to(k_t.dtype), tl.trans(k_t), FP32_PRECISION, UPCAST)
 
     tl.store(dq_ptr + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
              (dq * scale).to(dq_ptr.dtype.element_ty), mask=tile_m)
@@ -294,13 +295,13 @@ def _configs(outer: str, inner: str) -> list[triton.Config]:
 # kernel only stores its outputs, so the autotuner's repeated runs need no reset. Configs that do not
 # fit (e.g. 128 x 64 fp32 tiles at Dh = 128) fail to compile and are skipped by the autotuner.
 _TUNE_KEY = ["seq_q", "seq_k", "HEAD_DIM", "CAUSAL", "HAS_PAD"]
-if _interpreting():  # autotuning would run every config in the interpreter: fixed 16 x 16 tiles instead
+if interpreting():  # autotuning would run every config in the interpreter: fixed 16 x 16 tiles instead
     _fwd_tuned = _dkdv_tuned = _dq_tuned = None
 else:
     _fwd_tuned = triton.autotune(_configs("BLOCK_M", "BLOCK_N"), key=_TUNE_KEY)(_attn_fwd_kernel)
     _dkdv_tuned = triton.autotune(_configs("BLOCK_N", "BLOCK_M"), key=_TUNE_KEY)(_attn_bwd_dkdv_kernel)
     _dq_tuned = triton.autotune(_configs("BLOCK_M", "BLOCK_N"), key=_TUNE_KEY)(_attn_bwd_dq_kernel)
-_PREPROCESS_BLOCK_M = 16 if _interpreting() else 64
+_PREPROCESS_BLOCK_M = 16 if interpreting() else 64
 
 
 def _kernel(plain, tuned, block_m: int | None, block_n: int | None):
@@ -323,7 +324,7 @@ def _head_dim_args(head_dim: int) -> dict:
 
 
 def _precision_args(dtype: torch.dtype) -> dict:
-    return dict(FP32_PRECISION=FP32_INPUT_PRECISION, UPCAST=_interpreting() and dtype != torch.float32)
+    return dict(FP32_PRECISION=FP32_INPUT_PRECISION, UPCAST=interpreting() and dtype != torch.float32)
 
 
 def _pad_args(key_padding_mask: torch.Tensor | None, anchor: torch.Tensor) -> tuple[torch.Tensor, int, int, dict]:
@@ -449,7 +450,7 @@ class TritonAttention(torch.autograd.Function):
 
 def triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None,
                      causal: bool, scale: float) -> torch.Tensor:
-    if q.device.type != "cuda" and not _interpreting():
+    if q.device.type != "cuda" and not interpreting():
         raise RuntimeError("the triton attention kernels need CUDA tensors, or TRITON_INTERPRET=1 set before "
                            "this module is imported (CPU testing)")
     return TritonAttention.apply(q, k, v, key_padding_mask, bool(causal), float(scale))

@@ -28,8 +28,8 @@ import triton
 import triton.language as tl
 
 from kernels.contrastive.spec import LabelCodes, LossOptions, unpack_multi_hot
-from kernels.triton_common import interpreting as _interpreting
-from kernels.triton_common import mm_acc as _mm_acc
+from kernels.triton_common import interpreting
+from kernels.triton_common import mm_acc
 
 LOG2E = 1.4426950408889634
 # the kernels read globals only as constexprs
@@ -62,7 +62,7 @@ def _scores(q_ptr, k_ptr, offs_m, offs_n, mask_m, mask_n, stride_qm, stride_kn, 
             mask_d = offs_d < D - start_d
             q = tl.load(q_ptrs, mask=mask_m[:, None] & mask_d[None, :], other=0.0)
             k = tl.load(k_ptrs, mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-        acc = _mm_acc(q, tl.trans(k), acc, FP32_PRECISION, UPCAST)
+        acc = mm_acc(q, tl.trans(k), acc, FP32_PRECISION, UPCAST)
         q_ptrs += BLOCK_D
         k_ptrs += BLOCK_D
     return acc
@@ -95,7 +95,7 @@ def _pair_rules(
                               mask=mask_m[:, None], other=0.0)
             key_hot = tl.load(key_hot_ptr + offs_n.to(tl.int64)[:, None] * stride_hot + offs_c[None, :],
                               mask=mask_n[:, None], other=0.0)
-            inter = _mm_acc(row_hot, tl.trans(key_hot), tl.zeros((BLOCK_M, BLOCK_N), tl.float32), "ieee", False)
+            inter = mm_acc(row_hot, tl.trans(key_hot), tl.zeros((BLOCK_M, BLOCK_N), tl.float32), "ieee", False)
             size_i = row_pop.to(tl.float32)[:, None]
             size_j = key_pop.to(tl.float32)[None, :]
             same = same & (inter == size_i) & (inter == size_j)
@@ -236,7 +236,7 @@ def precision_class(dtype: torch.dtype) -> str:
 
 def launch_config(kernel: str, dtype: torch.dtype, override: dict | None = None) -> dict:
     """Tile sizes and launch options of `kernel` ("fwd" | "ds") for inputs of `dtype`; `override` wins."""
-    bm, bn, bd, warps, stages = INTERPRETER_CONFIG if _interpreting() else GPU_CONFIGS[(kernel,
+    bm, bn, bd, warps, stages = INTERPRETER_CONFIG if interpreting() else GPU_CONFIGS[(kernel,
                                                                                           precision_class(dtype))]
     cfg = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, num_warps=warps, num_stages=stages)
     return cfg | (override or {})
@@ -258,7 +258,7 @@ def label_args(rows: LabelCodes | None, keys: LabelCodes | None, opts: LossOptio
         return (*ids, anchor, anchor, *pops), 0, flags
     # 0/1 tiles for the intersection dot: bf16 is exact for 0/1 (the interpreter's 16-bit dot is not: fp32)
     width = max(16, triton.next_power_of_2(32 * rows.words.shape[1]))
-    hot_dtype = torch.float32 if _interpreting() else torch.bfloat16
+    hot_dtype = torch.float32 if interpreting() else torch.bfloat16
 
     def hot(codes: LabelCodes) -> torch.Tensor:
         out = torch.zeros(len(codes), width, dtype=hot_dtype, device=codes.words.device)
@@ -274,7 +274,7 @@ def _even(m: int, n: int, dim: int, cfg: dict) -> bool:
 
 
 def _precision_args(dtype: torch.dtype) -> dict:
-    return dict(FP32_PRECISION=FP32_INPUT_PRECISION, UPCAST=_interpreting() and dtype != torch.float32)
+    return dict(FP32_PRECISION=FP32_INPUT_PRECISION, UPCAST=interpreting() and dtype != torch.float32)
 
 
 # ---------------------------------------------------------------------------------------- launchers
@@ -412,7 +412,7 @@ def triton_stripe(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, rows: L
                   keys: LabelCodes | None, offset: int | None, opts: LossOptions,
                   columns: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Drop-in for `chunked_stripe` (without the chunk size); offset None: no true pair."""
-    if q.device.type != "cuda" and not _interpreting():
+    if q.device.type != "cuda" and not interpreting():
         raise RuntimeError("the triton contrastive kernels need CUDA tensors, or TRITON_INTERPRET=1 set before "
                            "this module is imported (CPU testing)")
     return TritonStripe.apply(q, k, scale, rows, keys, offset, opts, columns)

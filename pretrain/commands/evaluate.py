@@ -30,22 +30,10 @@ def cli_main(argv: list[str]) -> int:
         return 2
 
 
-def _check_shards(shard_dir: str, split: str) -> None:
-    """Fail in a second on a shard-set typo, before the (slower) model load."""
-    from pretrain.evaluate import EvalInputError
-    from shards.index import shard_urls
-
-    try:
-        urls = shard_urls(Path(shard_dir), split)
-    except (OSError, ValueError) as err:
-        raise EvalInputError(str(err)) from None
-    if not urls:
-        raise EvalInputError(f"{shard_dir}: no shards for split {split!r}")
-
-
 def _run(cfg) -> int:
     import torch
 
+    from pretrain.eval_inputs import shard_urls_or_fail
     from pretrain.evaluate import EvalInputError, evaluate, load_run_model, write_metrics
 
     if cfg.run is None or cfg.eval_shards is None:
@@ -54,9 +42,10 @@ def _run(cfg) -> int:
         raise EvalInputError("--batch_size, --k_shot_repeats and every --k_shots value must be >= 1")
     if not 0.0 < cfg.probe_train_fraction < 1.0:
         raise EvalInputError(f"--probe_train_fraction must be in (0, 1), got {cfg.probe_train_fraction}")
-    _check_shards(cfg.eval_shards, cfg.split)
+    # Check the shard sets before the (slower) model load, so a typo fails in a second.
+    shard_urls_or_fail(cfg.eval_shards, cfg.split)
     if cfg.retrieval_shards is not None:
-        _check_shards(cfg.retrieval_shards, cfg.retrieval_split)
+        shard_urls_or_fail(cfg.retrieval_shards, cfg.retrieval_split)
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer, _ = load_run_model(cfg.run, cfg.checkpoint, device)
     metrics = {"run": str(cfg.run), "checkpoint": str(cfg.checkpoint or cfg.run), **evaluate(model, tokenizer, cfg)}

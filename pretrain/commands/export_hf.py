@@ -44,6 +44,7 @@ COMMAND_ARGS = {"positional": ("checkpoint", "out"), "aliases": {"--eval": "eval
 
 
 def cli_main(argv: list[str]) -> int:
+    from pretrain.checkpoint import CheckpointError
     from pretrain.hf import export
     from shards.commandline import Command, command_parser, parse_command
 
@@ -57,7 +58,7 @@ def cli_main(argv: list[str]) -> int:
     try:
         out = export.export_hf(args.checkpoint, args.out, config=args.config, eval_results=args.eval_results,
                                overwrite=args.overwrite, verify=args.verify, mode=mode)
-    except (export.CheckpointError, export.ExportError, FileNotFoundError) as err:
+    except (CheckpointError, export.ExportError, FileNotFoundError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 1
     print(f"exported {args.checkpoint} -> {out}")

@@ -27,28 +27,23 @@ The checkpoint is consolidated by pretrain.consolidate (ZeRO 0-3; every file che
 torch.load(weights_only=True) first). The model section of RUN_DIR/config.yaml (or --config) must describe
 the weights: the state dict is loaded strictly into the exported model, and (unless --no-verify) the
 training model's image and text features are compared with the exported model's on random inputs.
-A caption decoder (`caption_decoder.*` weights, KeepFIT V2) is exported when present; its head count is not
-visible in the weights, so it comes from the run config (model.caption_decoder.num_heads) or
---caption-decoder-heads. Everything is written into a temporary folder beside OUT and renamed at the end:
+A caption decoder (`model.caption_decoder`, KeepFIT V2) is exported when the run has one; its shape comes from
+the run config (the head count is not visible in the weights). Training-only modules (model.auxiliary.*) are
+left out. Everything is written into a temporary folder beside OUT and renamed at the end:
 an error never leaves a partial OUT. Only safetensors and JSON are written, nothing pickled.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import json
 import logging
 import math
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-
-from pretrain.consolidate import CheckpointError, find_run_config, load_model_state_dict, resolve_checkpoint
 
 __all__ = ["ExportError", "build_hf_config", "caption_decoder_config", "export_hf", "export_text_only",
            "export_vision_only", "model_config_from_run", "write_atomically"]
@@ -62,7 +57,7 @@ AUTO_MAP = {
     "AutoModel": "modeling_retinascale.RetinaScaleModel",
     "AutoModelForZeroShotImageClassification": "modeling_retinascale.RetinaScaleModel",
 }
-_TEXT_CONFIG_DROP = ("architectures", "transformers_version", "_name_or_path", "dtype", "torch_dtype",
+TEXT_CONFIG_DROP = ("architectures", "transformers_version", "_name_or_path", "dtype", "torch_dtype",
                      "_attn_implementation", "_attn_implementation_autoset", "_commit_hash")
 
 
@@ -73,58 +68,46 @@ class ExportError(ValueError):
 # ----------------------------------------------------------------------------- config
 
 
-def model_config_from_run(raw: dict[str, Any]) -> tuple[Any, dict[str, Any] | None]:
-    """(ModelConfig, raw caption-decoder section or None) from a resolved run config mapping."""
+def model_config_from_run(raw: dict[str, Any]) -> Any:
+    """The ModelConfig of a resolved run config mapping."""
     from pretrain.config import from_dict
     from pretrain.model import ModelConfig
 
-    model = dict(raw.get("model") or {})
-    fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    decoder = model.get("caption_decoder")
-    if "caption_decoder" not in fields:
-        model.pop("caption_decoder", None)
-    decoder = decoder if isinstance(decoder, dict) else None
-    cfg = from_dict(ModelConfig, model, where="model")
-    return cfg, decoder
-
-
-def _resolve_text(cfg: Any) -> Any:
-    from pretrain.train import resolve_text_path
-
-    text = dataclasses.replace(cfg.text, name_or_path=resolve_text_path(cfg.text.name_or_path))
-    return dataclasses.replace(cfg, text=text)
+    return from_dict(ModelConfig, dict(raw.get("model") or {}), where="model")
 
 
 def text_config_dict(text_cfg: Any) -> dict[str, Any]:
     """The text tower's transformers config (name_or_path's config with the overrides) as a plain dict."""
-    from pretrain.model import _text_config
+    from pretrain.towers import text_config
 
-    config = _text_config(text_cfg, dict(text_cfg.config_overrides)).to_dict()
-    for key in _TEXT_CONFIG_DROP:
+    config = text_config(text_cfg, dict(text_cfg.config_overrides)).to_dict()
+    for key in TEXT_CONFIG_DROP:
         config.pop(key, None)
     return config
 
 
-def caption_decoder_config(state_dict: dict[str, torch.Tensor], num_heads: int | None) -> dict[str, Any] | None:
-    """CaptionDecoder's arguments read off its weights (all but num_heads, which must be given)."""
+def caption_decoder_config(state_dict: dict[str, torch.Tensor], cfg: Any) -> dict[str, Any] | None:
+    """The caption decoder's full shape (CaptionDecoder's arguments): the run config's decoder section with the
+    sizes the towers fixed (vocabulary, image width, nulls) read off the weights; None without a decoder."""
     keys = [k for k in state_dict if k.startswith(DECODER_PREFIX)]
-    if not keys:
+    if not keys and cfg.caption_decoder is None:
         return None
+    if cfg.caption_decoder is None:
+        raise ExportError("the checkpoint has caption_decoder weights but the run config has no "
+                          "model.caption_decoder section")
     try:
         vocab, dim = state_dict[f"{DECODER_PREFIX}token_embed.weight"].shape
         max_len = state_dict[f"{DECODER_PREFIX}pos_embed"].shape[0]
         depth = len({k.split(".")[2] for k in keys if k.startswith(f"{DECODER_PREFIX}layers.")})
-        hidden = state_dict[f"{DECODER_PREFIX}layers.0.mlp.0.weight"].shape[0]
         image_dim = state_dict[f"{DECODER_PREFIX}layers.0.cross_kv.weight"].shape[1]
     except KeyError as err:
         raise ExportError(f"caption decoder weights are incomplete: no {err.args[0]!r}") from err
-    if num_heads is None:
-        raise ExportError("the checkpoint has a caption decoder, but its number of attention heads is unknown: "
-                          "set model.caption_decoder.num_heads in the run config or pass --caption-decoder-heads")
-    if dim % num_heads:
-        raise ExportError(f"caption decoder width {dim} is not divisible by num_heads={num_heads}")
-    return {"vocab_size": int(vocab), "dim": int(dim), "depth": int(depth), "num_heads": int(num_heads),
-            "max_len": int(max_len), "image_dim": int(image_dim), "mlp_ratio": hidden / dim}
+    decoder = cfg.caption_decoder
+    if depth != decoder.depth or (decoder.dim is not None and dim != decoder.dim):
+        raise ExportError(f"caption decoder weights (depth {depth}, width {dim}) do not match the run config's "
+                          f"model.caption_decoder (depth {decoder.depth}, width {decoder.dim})")
+    return {"vocab_size": int(vocab), "dim": int(dim), "depth": int(depth), "num_heads": int(decoder.num_heads),
+            "max_len": int(max_len), "image_dim": int(image_dim), "mlp_ratio": float(decoder.mlp_ratio)}
 
 
 def build_hf_config(cfg: Any, decoder: dict[str, Any] | None = None) -> Any:
@@ -145,21 +128,13 @@ def build_hf_config(cfg: Any, decoder: dict[str, Any] | None = None) -> Any:
 # ----------------------------------------------------------------------------- checks
 
 
-def _load_strict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], what: str) -> None:
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    shapes = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs config {tuple(own[k].shape)}"
-              for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        lines = [f"the config does not match the weights ({what})"]
-        for title, items in (("missing in the checkpoint", missing), ("not in the model", unexpected),
-                             ("shape mismatch", shapes)):
-            if items:
-                more = f" ... and {len(items) - 8} more" if len(items) > 8 else ""
-                lines.append(f"  {title}: {', '.join(items[:8])}{more}")
-        raise ExportError("\n".join(lines))
-    model.load_state_dict(state_dict, strict=True)
+def _load_state(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], what: str) -> None:
+    from pretrain.runs import RunLoadError, load_state_strict
+
+    try:
+        load_state_strict(model, state_dict, what)
+    except RunLoadError as err:
+        raise ExportError(str(err)) from None
 
 
 def _random_inputs(image_size: int, vocab: int, max_len: int) -> dict[str, torch.Tensor]:
@@ -173,18 +148,9 @@ def _random_inputs(image_size: int, vocab: int, max_len: int) -> dict[str, torch
 
 
 @torch.no_grad()
-def verify_against_training_model(cfg: Any, state_dict: dict[str, torch.Tensor], hf_model: torch.nn.Module,
-                                  atol: float = 1e-4) -> float:
+def verify_against_training_model(model: torch.nn.Module, hf_model: torch.nn.Module, atol: float = 1e-4) -> float:
     """Max abs difference of image and text features between the training model and the exported model."""
-    from pretrain.model import build_model
-
-    plain = dataclasses.replace(
-        cfg, init_from=None,
-        vision=dataclasses.replace(cfg.vision, attention_backend=None, pretrained_path=None, grad_checkpointing=False),
-        text=dataclasses.replace(cfg.text, attention_backend=None, grad_checkpointing=False, random_init=True))
-    model = build_model(plain).eval()
-    _load_strict(model, {k: v for k, v in state_dict.items() if not k.startswith(DECODER_PREFIX)},
-                 "training model")
+    cfg = model.config
     x = _random_inputs(cfg.vision.image_size, hf_model.config.text_config.get("vocab_size", 100), cfg.text.max_len)
     diff = max((model.get_image_features(x["pixel_values"]) - hf_model.get_image_features(x["pixel_values"]))
                .abs().max().item(),
@@ -199,38 +165,15 @@ def verify_against_training_model(cfg: Any, state_dict: dict[str, torch.Tensor],
 # ----------------------------------------------------------------------------- writing
 
 
-def _ordinary_permissions(folder: Path) -> None:
-    """mkdtemp makes a 0700 folder and safetensors writes 0600 files; give them the usual umask modes."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for path in [folder, *folder.rglob("*")]:
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
-
-
 def write_atomically(out: str | Path, fill: Callable[[Path], None], overwrite: bool = False) -> Path:
-    """fill(tmp) writes into a fresh temporary folder beside OUT, which is then renamed to OUT; on any error the
-    temporary folder is removed and OUT is untouched."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise ExportError(f"{str(out)!r} already exists (pass --overwrite to replace it)")
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"{str(out)!r} exists and is not a folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    """fill(tmp) writes a folder that atomically becomes OUT (shards.atomic.replace_folder); ExportError if OUT
+    exists and not overwrite."""
+    from shards.atomic import replace_folder
+
     try:
-        fill(tmp)
-        _ordinary_permissions(tmp)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+        return replace_folder(out, fill, overwrite)
+    except FileExistsError as err:
+        raise ExportError(str(err)) from None
 
 
 def _save_safetensors(state_dict: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
@@ -252,107 +195,6 @@ def _image_processor(image_size: int) -> Any:
                               image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD), do_convert_rgb=True)
 
 
-def _index_summary(shard_dir: Any) -> str:
-    if not shard_dir:
-        return "none"
-    index = Path(str(shard_dir)) / "index.json"
-    try:
-        data = json.loads(index.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return f"`{Path(str(shard_dir)).name}` (index.json not available at export time)"
-    shards = data.get("shards") or []
-    total = data.get("total_samples") or data.get("num_samples")
-    if total is None and isinstance(shards, list):
-        total = sum(int(s.get("count", s.get("samples", 0)) or 0) for s in shards if isinstance(s, dict))
-    return f"`{Path(str(shard_dir)).name}`: {len(shards)} shards, {total} samples"
-
-
-def _eval_table(results: dict[str, Any] | None) -> str:
-    if not results:
-        return "Not evaluated at export time (pass `--eval RESULTS.json` to `retina-pretrain export-hf`).\n"
-    rows = []
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{prefix}/{k}" if prefix else str(k), v)
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            rows.append(f"| {prefix} | {value:.4g} |")
-        else:
-            rows.append(f"| {prefix} | {value} |")
-
-    walk("", results)
-    return "| metric | value |\n|---|---|\n" + "\n".join(rows) + "\n"
-
-
-def model_card(raw: dict[str, Any], tag: str, hf_config: Any, eval_results: dict[str, Any] | None,
-               last_metrics: dict[str, Any] | None) -> str:
-    import yaml
-
-    data = raw.get("data") or {}
-    decoder = "yes (`caption_logits`)" if hf_config.caption_decoder_config else "no"
-    train_line = ""
-    if last_metrics:
-        train_line = (f"- last logged training step: {last_metrics.get('step')}, loss "
-                      f"{last_metrics.get('loss', float('nan')):.4f}\n")
-    return f"""---
-library_name: transformers
-pipeline_tag: zero-shot-image-classification
-tags: [retinascale, retina, fundus, clip, vision-language]
----
-
-# RetinaScale {raw.get('method', 'clip')} model (checkpoint `{tag}`)
-
-A retinal image-text dual encoder trained with retinascale: a timm `{hf_config.vision_config['name']}`
-image tower at {hf_config.vision_config['image_size']} px, a `{hf_config.text_config.get('model_type')}` text
-tower with [CLS] pooling, FLAIR projection heads into a {hf_config.embed_dim}-d space. Caption decoder: {decoder}.
-
-```python
-from transformers import AutoImageProcessor, AutoModel, AutoTokenizer, pipeline
-
-model = AutoModel.from_pretrained(PATH, trust_remote_code=True)
-tokenizer = AutoTokenizer.from_pretrained(PATH, trust_remote_code=True)   # reads config.json: say so, or
-processor = AutoImageProcessor.from_pretrained(PATH, trust_remote_code=True)  # transformers asks interactively
-image_embeds = model.get_image_features(**processor(images=image, return_tensors="pt"))
-text_embeds = model.get_text_features(**tokenizer(["a fundus photograph of diabetic retinopathy"],
-                                                  return_tensors="pt", padding=True))
-classify = pipeline("zero-shot-image-classification", model=PATH, trust_remote_code=True)
-```
-
-Images: resize to the square canvas, scale to [0, 1], normalise with CLIP's mean/std (no crop), as in training.
-
-## Data
-
-- method: `{raw.get('method')}`, loss weights: `{raw.get('loss_weights')}`
-- public set: {_index_summary(data.get('public'))}
-- elite set: {_index_summary(data.get('elite'))}
-{train_line}
-## Evaluation
-
-{_eval_table(eval_results)}
-## Training config
-
-```yaml
-{yaml.safe_dump(raw, sort_keys=False, default_flow_style=None).rstrip()}
-```
-"""
-
-
-def _last_metrics(run_config: Path) -> dict[str, Any] | None:
-    path = run_config.parent / "metrics.jsonl"
-    try:
-        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-        return json.loads(lines[-1]) if lines else None
-    except (OSError, ValueError):
-        return None
-
-
-def _tokenizer(cfg: Any) -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(cfg.text.name_or_path)
-
-
 def export_vision_only(fill_dir: Path, state_dict: dict[str, torch.Tensor], vision_config: dict[str, Any],
                        embed_dim: int | None = None) -> None:
     """A timm folder: config.json (architecture, model_args, pretrained_cfg) + model.safetensors, loadable with
@@ -364,7 +206,7 @@ def export_vision_only(fill_dir: Path, state_dict: dict[str, torch.Tensor], visi
     prefix = "vision_model.model."
     tower = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
     model = create_vision_model(vision_config)
-    _load_strict(model, tower, "vision tower")
+    _load_state(model, tower, "vision tower")
     size = int(vision_config["image_size"])
     model_args = dict(vision_config.get("model_kwargs") or {})
     if "img_size" in inspect.signature(type(model).__init__).parameters:  # ViTs take it, CNNs do not
@@ -390,12 +232,12 @@ def export_text_only(fill_dir: Path, state_dict: dict[str, torch.Tensor], text_c
 
     prefix = "text_model.model."
     tower = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-    text = {k: v for k, v in text_config.items() if k not in _TEXT_CONFIG_DROP}
+    text = {k: v for k, v in text_config.items() if k not in TEXT_CONFIG_DROP}
     config = AutoConfig.for_model(text.pop("model_type", "bert"), **text)
     model = AutoModel.from_config(config)
     own = model.state_dict()
     pooler = {k: v for k, v in own.items() if k.startswith("pooler.")}
-    _load_strict(model, {**tower, **pooler}, "text tower")
+    _load_state(model, {**tower, **pooler}, "text tower")
     model.save_pretrained(fill_dir, safe_serialization=True)
     tokenizer.save_pretrained(fill_dir)
     if "text_projection.proj.weight" in state_dict:
@@ -403,66 +245,49 @@ def export_text_only(fill_dir: Path, state_dict: dict[str, torch.Tensor], text_c
                           {"note": "FLAIR head: normalize(W @ normalize(last_hidden_state[:, 0]))"})
 
 
-TRAINING_ONLY = ("revision_attention.", "momentum_encoder.", "feature_queue.")
-
-
-def _objective_decoder_heads(raw: dict[str, Any]) -> int | None:
-    """The caption decoder's head count as the run's objective built it (KeepFIT V2's decoder_heads)."""
-    if not raw.get("method"):
-        return None
-    from pretrain.objectives import build_objective
-
-    return getattr(build_objective(raw["method"], **(raw.get("objective") or {})), "decoder_heads", None)
-
-
 def export_hf(checkpoint: str | Path, out: str | Path, *, config: str | Path | None = None,
-              eval_results: str | Path | None = None, caption_decoder_heads: int | None = None,
-              overwrite: bool = False, verify: bool = True, mode: str = "full") -> Path:
+              eval_results: str | Path | None = None, overwrite: bool = False, verify: bool = True,
+              mode: str = "full") -> Path:
     """Export `checkpoint` (run dir, checkpoints dir or tag folder) to OUT; see the module doc. mode: full,
     vision (timm folder) or text (transformers encoder folder)."""
     from pretrain.config import load_yaml
+    from pretrain.runs import RunLoadError, load_run
 
     if mode not in ("full", "vision", "text"):
         raise ValueError(f"mode must be full, vision or text, got {mode!r}")
     out = Path(out)
     if out.exists() and not overwrite:  # fail before the (possibly long) consolidation
         raise ExportError(f"{str(out)!r} already exists (pass --overwrite to replace it)")
-    tag_dir = resolve_checkpoint(checkpoint)
-    config_path = Path(config) if config else find_run_config(tag_dir)
-    raw = load_yaml(config_path)
     try:
-        cfg, decoder_raw = model_config_from_run(raw)
-    except (ValueError, TypeError) as err:
-        raise ExportError(f"{config_path}: {err}") from err
-    cfg = _resolve_text(cfg)
+        run = load_run(checkpoint, config=config)  # training-only modules are not part of the released model
+    except RunLoadError as err:
+        raise ExportError(str(err)) from None
     results = json.loads(Path(eval_results).read_text(encoding="utf-8")) if eval_results else None
-    # Training-only parts of a method (KeepFIT V1's revision attention, ViLReF's momentum encoders and queues)
-    # are not part of the released model.
-    state_dict = {k: v for k, v in load_model_state_dict(tag_dir).items() if not k.startswith(TRAINING_ONLY)}
-    heads = caption_decoder_heads or (decoder_raw or {}).get("num_heads") or _objective_decoder_heads(raw)
-    decoder = caption_decoder_config(state_dict, heads)
-    hf_config = build_hf_config(cfg, decoder)
-
-    def fill_full(tmp: Path) -> None:
-        from pretrain.hf.modeling_retinascale import RetinaScaleModel
-
-        model = RetinaScaleModel(hf_config).eval()
-        _load_strict(model, state_dict, f"model section of {config_path}")
-        if verify:
-            diff = verify_against_training_model(cfg, state_dict, model)
-            log.info("export check: max feature difference %.3g", diff)
-        hf_config.save_pretrained(tmp)
-        _save_safetensors(state_dict, tmp / "model.safetensors")
-        shutil.copyfile(Path(__file__).with_name(MODELING_FILE), tmp / MODELING_FILE)
-        _tokenizer(cfg).save_pretrained(tmp)
-        _image_processor(int(cfg.vision.image_size)).save_pretrained(tmp)
-        (tmp / "README.md").write_text(model_card(raw, tag_dir.name, hf_config, results, _last_metrics(config_path)),
-                                       encoding="utf-8")
-
+    state_dict = {k: v.detach().cpu().float() if v.is_floating_point() else v.cpu()
+                  for k, v in run.model.state_dict().items()}
+    hf_config = build_hf_config(run.model.config, caption_decoder_config(state_dict, run.model.config))
     if mode == "vision":
         return write_atomically(out, lambda tmp: export_vision_only(tmp, state_dict, hf_config.vision_config),
                                 overwrite)
     if mode == "text":
         return write_atomically(out, lambda tmp: export_text_only(tmp, state_dict, hf_config.text_config,
-                                                                  _tokenizer(cfg)), overwrite)
+                                                                  run.tokenizer), overwrite)
+
+    def fill_full(tmp: Path) -> None:
+        from pretrain.hf.model_card import last_metrics, model_card
+        from pretrain.hf.modeling_retinascale import RetinaScaleModel
+
+        model = RetinaScaleModel(hf_config).eval()
+        _load_state(model, state_dict, f"model section of {run.config_path}")
+        if verify:
+            log.info("export check: max feature difference %.3g", verify_against_training_model(run.model, model))
+        hf_config.save_pretrained(tmp)
+        _save_safetensors(state_dict, tmp / "model.safetensors")
+        shutil.copyfile(Path(__file__).with_name(MODELING_FILE), tmp / MODELING_FILE)
+        run.tokenizer.save_pretrained(tmp)
+        _image_processor(int(run.config.model.vision.image_size)).save_pretrained(tmp)
+        card = model_card(load_yaml(run.config_path), run.checkpoint.name, hf_config, results,
+                          last_metrics(run.config_path))
+        (tmp / "README.md").write_text(card, encoding="utf-8")
+
     return write_atomically(out, fill_full, overwrite)

@@ -3,6 +3,11 @@
     terms = objective(model, batch)            # {"contrastive": tensor(...)}, or more terms for richer methods
     loss = weighted_total(terms, weights)      # the trainer sums them and logs each term
 
+`model` is the bare RetinaCLIP (never the DeepSpeed engine: the trainer unwraps it); an objective computes
+losses only. The model owns every module it runs (the caption decoder is a model option); training-only
+modules an objective needs are declared by `auxiliary_modules` and added by the trainer under
+`model.auxiliary` (pretrain.model.add_auxiliary).
+
 A batch is the dict made by `pretrain.data.Collate`, or a `(public, elite)` pair of them (KeepFIT-style
 data): a pair is concatenated into one batch before embedding, so every sample of both sets is a key for
 every query, as if the two streams had been drawn as one batch. Objectives never build a B x B logits
@@ -68,10 +73,11 @@ class Objective(ABC):
 
     name: str
 
-    def attach(self, model: nn.Module) -> None:
-        """Add what this method trains or keeps beside the two towers (a caption decoder, momentum encoders,
-        queues as buffers) to `model` as submodules, before the engine wraps it, so DeepSpeed optimises,
-        partitions and checkpoints them with everything else. Default: nothing to add."""
+    def auxiliary_modules(self, model: nn.Module) -> dict[str, nn.Module]:
+        """Training-only modules this method needs beside the model (revision attention, momentum encoders,
+        queues as buffers), by name; the trainer adds them under model.auxiliary before the engine wraps the
+        model, so DeepSpeed optimises, partitions and checkpoints them with everything else. Default: none."""
+        return {}
 
     @abstractmethod
     def __call__(self, model: nn.Module, batch: Batch | PairedBatch) -> dict[str, torch.Tensor]:

@@ -13,7 +13,7 @@ class ClipObjective(Objective):
     name = "clip"
 
     def __init__(self, backend: str | None = None) -> None:
-        self.backend = backend  # None: triton on CUDA, chunked torch elsewhere
+        self.backend = backend  # None: kernels.contrastive.resolve_backend chooses by device and size
 
     def __call__(self, model: nn.Module, batch: Batch | PairedBatch) -> dict[str, torch.Tensor]:
         image, text, scale = embed(model, as_batch(batch))

@@ -19,7 +19,7 @@ Under more than one process the keys and values are the elite samples of every r
 gradient), so the revision memory is the global elite batch, as the contrastive keys are.
 
 Offline variant (`offline_captions: FILE`): the caption of each public sample's nearest elite sample is
-attached beforehand (by image-embedding similarity; `nearest_elite_captions` / `write_offline_captions`
+attached beforehand (by image-embedding similarity; cluster.offline_captions.write_offline_captions
 from two embedding stores of `retina-cluster embed`), and the revision target becomes the text embedding
 of that attached caption: revision = weight * MSE(t_P, t(attached caption)), over the public samples that
 have one. The MHA is not used then (nearest neighbour = attention with a hard argmax).
@@ -31,7 +31,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -40,6 +39,7 @@ from torch import nn
 from kernels import distributed_contrastive_loss
 from kernels.attention import attention
 from kernels.contrastive.distributed import gather_with_grad
+from pretrain.model import auxiliary
 from pretrain.objectives.base import Batch, Objective, PairedBatch, embed, merge_batches
 
 
@@ -81,13 +81,13 @@ class KeepFITV1Objective(Objective):
             self.offline = json.loads(Path(offline_captions).read_text(encoding="utf-8"))
         self._tokenizer: Any = None
 
-    def attach(self, model: nn.Module) -> None:
-        if self.offline is None:
-            model.revision_attention = RevisionAttention(model.config.embed_dim, self.num_heads,
-                                                         self.attention_backend)
+    def auxiliary_modules(self, model: nn.Module) -> dict[str, nn.Module]:
+        if self.offline is not None:  # the offline variant reads attached captions instead
+            return {}
+        return {"revision_attention": RevisionAttention(model.config.embed_dim, self.num_heads,
+                                                        self.attention_backend)}
 
     def __call__(self, model: nn.Module, batch: Batch | PairedBatch) -> dict[str, torch.Tensor]:
-        module = getattr(model, "module", model)  # the DeepSpeed engine, or a bare model in tests
         if not isinstance(batch, (tuple, list)):  # the loader may hand the (public, elite) pair over as a list
             if self.offline is None:
                 raise ValueError("keepfit_v1 needs (public, elite) batches: set data.mix: paired "
@@ -103,10 +103,10 @@ class KeepFITV1Objective(Objective):
         if elite is not None:
             terms["elite_contrastive"] = distributed_contrastive_loss(image[n:], text[n:], scale, backend=self.backend)
         if self.offline is None:
-            revised = module.revision_attention(image[:n], _gather(image[n:]), _gather(text[n:]))
+            revised = auxiliary(model, "revision_attention")(image[:n], _gather(image[n:]), _gather(text[n:]))
             terms["revision"] = self.revision_weight * F.mse_loss(text[:n], revised)
         else:
-            terms["revision"] = self.revision_weight * self._offline_revision(module, public, text[:n])
+            terms["revision"] = self.revision_weight * self._offline_revision(model, public, text[:n])
         return terms
 
     def _offline_revision(self, module: nn.Module, public: Batch, text: torch.Tensor) -> torch.Tensor:
@@ -123,23 +123,3 @@ class KeepFITV1Objective(Objective):
         attached = module.get_text_features(tokens["input_ids"].to(text.device),
                                             tokens["attention_mask"].to(text.device))
         return F.mse_loss(text[rows], attached)
-
-
-def nearest_elite_captions(public_keys: list[str], public_emb: np.ndarray, elite_emb: np.ndarray,
-                           elite_captions: list[str]) -> dict[str, str]:
-    """{public key: caption of the elite sample whose (unit) image embedding is most similar}."""
-    nearest = np.argmax(np.asarray(public_emb) @ np.asarray(elite_emb).T, axis=1)
-    return {key: elite_captions[j] for key, j in zip(public_keys, nearest.tolist())}
-
-
-def write_offline_captions(public_store: str | Path, elite_store: str | Path, out: str | Path) -> Path:
-    """The offline variant's input file from two embedding stores made with the same model."""
-    from cluster.store import read_embeddings
-
-    pub, eli = read_embeddings(public_store), read_embeddings(elite_store)
-    keep_p, keep_e = np.asarray(pub["valid"]), np.asarray(eli["valid"])
-    mapping = nearest_elite_captions([str(k) for k in np.asarray(pub["keys"])[keep_p]], pub["image_embeds"][keep_p],
-                                     eli["image_embeds"][keep_e], [str(t) for t in np.asarray(eli["text"])[keep_e]])
-    out = Path(out)
-    out.write_text(json.dumps(mapping, indent=1) + "\n", encoding="utf-8")
-    return out

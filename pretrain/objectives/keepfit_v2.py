@@ -1,21 +1,21 @@
 """KeepFIT V2, stage 2: hybrid knowledge injection = global contrastive alignment + generative captioning.
 
-    objective = build_objective("keepfit_v2", decoder_depth=2, decoder_heads=8)
-    objective.attach(model)                          # adds model.caption_decoder, before DeepSpeed wraps it
-    terms = objective(engine, (public, elite))       # {"contrastive": ..., "caption": ...}
+    model = build_model(ModelConfig(..., caption_decoder=CaptionDecoderConfig(depth=2, num_heads=8)))
+    objective = build_objective("keepfit_v2")
+    terms = objective(model, (public, elite))        # {"contrastive": ..., "caption": ...}
 
 - contrastive: FLAIR's label-aware loss (`category_ids`, or `multi_hot` sets) over every sample of the step,
   public and elite together (the global, concept-level knowledge);
-- caption: a CaptionDecoder (causal self-attention over the caption, cross-attention to the image tower's
-  patch/grid tokens, all through `kernels.attention`) trained by teacher forcing on the elite captions
-  (the local, appearance-level knowledge an expert caption carries).
+- caption: the model's caption decoder (`model.caption_decoder`, pretrain.caption_decoder: causal
+  self-attention over the caption, cross-attention to the image tower's patch/grid tokens, all through
+  `kernels.attention`) trained by teacher forcing on the elite captions (the local, appearance-level
+  knowledge an expert caption carries).
 
 Design choices (the paper's method section is not reachable here, so these are ours, CoCa-style):
 - image-to-text generation with a separate decoder: its own token embedding and LM head over the text
   tower's vocabulary (so stage 1's tokenizer serves both), `[CLS]` as begin- and `[SEP]` as end-of-caption;
-- the decoder attends the image tokens of the SAME vision forward the contrastive term uses: one image
-  pass per step, and under ZeRO-3 every vision parameter is gathered by the engine's own forward (calling
-  `model.image_tokens` outside it would skip the hooks that gather timm's root parameters, e.g. pos_embed);
+- the decoder attends the image tokens of the SAME vision forward the contrastive term uses
+  (`model(..., return_image_tokens=True)`): one image pass per step;
 - which samples are captioned: the elite half of a paired batch, else the samples whose `dataset` is in
   `caption_datasets` (categorical samples only carry sampled prompt templates, not worth generating);
 - the caption loss is the mean cross-entropy over this rank's real target tokens (through `[SEP]`); ranks
@@ -27,7 +27,6 @@ Design choices (the paper's method section is not reachable here, so these are o
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,10 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernels import distributed_contrastive_loss
-from kernels.attention.decoder import CaptionDecoder
-from pretrain.objectives.base import Batch, Objective, PairedBatch, as_batch, embed
+from pretrain.objectives.base import Batch, Objective, PairedBatch, as_batch
 
-__all__ = ["KeepFITV2Objective", "caption_loss", "image_tokens_from_features"]
+__all__ = ["KeepFITV2Objective", "caption_loss"]
 
 IGNORE = -100
 
@@ -56,85 +54,17 @@ def caption_loss(decoder: nn.Module, image_tokens: torch.Tensor, input_ids: torc
     return total / (targets != IGNORE).sum().clamp(min=1)
 
 
-def image_tokens_from_features(timm_model: nn.Module, features: torch.Tensor) -> torch.Tensor:
-    """forward_features output -> (B, T, C) tokens, as VisionTower.forward_tokens: a CNN map flattened, a ViT's
-    normed tokens without class/register tokens."""
-    if features.ndim == 4:
-        return features.flatten(2).transpose(1, 2)
-    return features[:, getattr(timm_model, "num_prefix_tokens", 0):]
-
-
-class _FeatureTap:
-    """Stands in for a timm model's bound `forward_features` and keeps its last output, so the image tokens
-    come out of the ordinary forward instead of a second vision pass."""
-
-    def __init__(self, forward_features: Any) -> None:
-        self.forward_features = forward_features
-        self.features: torch.Tensor | None = None
-
-    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        self.features = self.forward_features(*args, **kwargs)
-        return self.features
-
-    def pop(self) -> torch.Tensor:
-        if self.features is None:
-            raise RuntimeError("the image tower did not run forward_features in this forward pass")
-        features, self.features = self.features, None  # do not keep the step's graph alive
-        return features
-
-
-def _install_tap(timm_model: nn.Module) -> _FeatureTap:
-    tap = timm_model.__dict__.get("forward_features")
-    if not isinstance(tap, _FeatureTap):
-        tap = _FeatureTap(timm_model.forward_features)
-        timm_model.forward_features = tap  # an instance attribute shadows the class method
-    return tap
-
-
-def _decoder_init_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """caption_decoder.* of a model.init_from export (folder or .safetensors), prefix removed; {} if none."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    file = path / "model.safetensors" if path.is_dir() else path
-    prefix = "caption_decoder."
-    with safe_open(str(file), framework="pt") as f:
-        return {k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
-
-
 class KeepFITV2Objective(Objective):
     name = "keepfit_v2"
 
-    def __init__(self, decoder_dim: int | None = None, decoder_depth: int = 2, decoder_heads: int = 8,
-                 decoder_mlp_ratio: float = 4.0, decoder_max_len: int | None = None,
-                 attention_backend: str | None = None, use_multi_hot: bool = False,
-                 caption_datasets: Sequence[str] | None = ("MM-Retinal",), backend: str | None = None) -> None:
-        """decoder_dim: decoder width (null: the text tower's hidden size); decoder_depth / decoder_heads /
-        decoder_mlp_ratio: its layers; decoder_max_len: longest caption it reads (null: model.text.max_len);
-        attention_backend: kernels.attention backend of the decoder (null: triton on CUDA, else sdpa);
-        use_multi_hot: FLAIR positives from label sets instead of category ids; caption_datasets: `dataset`
+    def __init__(self, use_multi_hot: bool = False, caption_datasets: Sequence[str] | None = ("MM-Retinal",),
+                 backend: str | None = None, **moved: Any) -> None:
+        """use_multi_hot: FLAIR positives from label sets instead of category ids; caption_datasets: `dataset`
         names captioned in unpaired batches (null or empty: every sample); backend: contrastive kernel."""
-        self.decoder_dim, self.decoder_depth, self.decoder_heads = decoder_dim, decoder_depth, decoder_heads
-        self.decoder_mlp_ratio, self.decoder_max_len = decoder_mlp_ratio, decoder_max_len
-        self.attention_backend, self.use_multi_hot, self.backend = attention_backend, use_multi_hot, backend
+        if moved:
+            raise ValueError(_moved_options_message(moved))
+        self.use_multi_hot, self.backend = use_multi_hot, backend
         self.caption_datasets = {d.lower() for d in caption_datasets or ()}
-
-    def attach(self, model: nn.Module) -> None:
-        if getattr(model, "caption_decoder", None) is None:
-            text_config = model.text_model.model.config
-            decoder = CaptionDecoder(
-                vocab_size=text_config.vocab_size, dim=self.decoder_dim or text_config.hidden_size,
-                depth=self.decoder_depth, num_heads=self.decoder_heads,
-                max_len=self.decoder_max_len or model.config.text.max_len, backend=self.attention_backend,
-                image_dim=model.vision_model.token_dim, mlp_ratio=self.decoder_mlp_ratio)
-            decoder.num_heads = self.decoder_heads  # not visible in the weights; exporters read it here
-            model.caption_decoder = decoder
-            if getattr(model.config, "init_from", None):
-                # build_model skipped caption_decoder.* of the export (there was no decoder yet): load them now
-                weights = _decoder_init_weights(model.config.init_from)
-                if weights:
-                    decoder.load_state_dict(weights, strict=True)
-        _install_tap(model.vision_model.model)
 
     def caption_rows(self, batch: Batch | PairedBatch) -> torch.Tensor:
         """Indices (into the merged batch) of the samples the decoder learns to caption."""
@@ -150,19 +80,35 @@ class KeepFITV2Objective(Objective):
                             dtype=torch.long)
 
     def __call__(self, model: nn.Module, batch: Batch | PairedBatch) -> dict[str, torch.Tensor]:
+        decoder = getattr(model, "caption_decoder", None)
+        if decoder is None:
+            raise ValueError("keepfit_v2 trains the model's caption decoder: set model.caption_decoder "
+                             "(e.g. {depth: 2, num_heads: 8}) in the config")
         merged = as_batch(batch)
-        module = getattr(model, "module", model)  # the DeepSpeed engine or the bare model
-        tap = _install_tap(module.vision_model.model)
-        image, text, scale = embed(model, merged)
-        features = tap.pop()
+        out = model(pixel_values=merged["image"], input_ids=merged["input_ids"],
+                    attention_mask=merged["attention_mask"], return_image_tokens=True)
         labels = merged["multi_hot"] if self.use_multi_hot else merged["category_ids"]
-        contrastive = distributed_contrastive_loss(image, text, scale, labels=labels, positives="labels",
-                                                   backend=self.backend)
-        rows = self.caption_rows(batch).to(features.device)
+        contrastive = distributed_contrastive_loss(out["image_embeds"], out["text_embeds"], out["logit_scale"],
+                                                   labels=labels, positives="labels", backend=self.backend)
+        tokens = out["image_tokens"]
+        rows = self.caption_rows(batch).to(tokens.device)
         weight = 1.0
         if rows.numel() == 0:  # see the module doc: still run the decoder, with weight 0
-            rows, weight = torch.zeros(1, dtype=torch.long, device=features.device), 0.0
-        tokens = image_tokens_from_features(module.vision_model.model, features)[rows]
+            rows, weight = torch.zeros(1, dtype=torch.long, device=tokens.device), 0.0
         ids, mask = merged["input_ids"][rows], merged["attention_mask"][rows]
-        caption = weight * caption_loss(module.caption_decoder, tokens, ids, mask)
+        caption = weight * caption_loss(decoder, tokens[rows], ids, mask)
         return {"contrastive": contrastive, "caption": caption}
+
+
+# objective option -> model.caption_decoder field, for configs written before the decoder became a model option
+MOVED_OPTIONS = {"decoder_dim": "dim", "decoder_depth": "depth", "decoder_heads": "num_heads",
+                 "decoder_mlp_ratio": "mlp_ratio", "decoder_max_len": "max_len", "attention_backend": "attention_backend"}
+
+
+def _moved_options_message(moved: dict[str, Any]) -> str:
+    unknown = sorted(set(moved) - set(MOVED_OPTIONS))
+    if unknown:
+        return f"keepfit_v2: unknown objective option(s) {unknown}"
+    section = ", ".join(f"{MOVED_OPTIONS[k]}: {v}" for k, v in moved.items())
+    return (f"keepfit_v2: {sorted(moved)} moved from the objective to the model (the caption decoder is a model "
+            f"option now): write `model: {{caption_decoder: {{{section}}}}}` instead of under `objective:`")

@@ -6,16 +6,13 @@
     queue.enqueue(image_m, text_m, multi_hot) # oldest entries are overwritten first
     image_q, text_q, labels_q = queue.contents()
 
-Both are attached to the model before DeepSpeed wraps it, so they are checkpointed with it.
+Both are training-only modules (model.auxiliary), added before DeepSpeed wraps the model, so they are
+checkpointed with it.
 
-ZeRO-3 (decided here): the momentum copies are ordinary frozen parameters, so DeepSpeed partitions them
-exactly like the online parameters (same shapes, hence the same flat layout: rank r holds elements
-[r * ceil(n / W), (r + 1) * ceil(n / W)) of both). The EMA then runs on the local partitions
-(`param.ds_tensor`) with no communication and no full copy of either model. Parameters DeepSpeed keeps
-gathered all the time ("persistent", the small ones) also hold a full tensor, which is rebuilt from the
-updated partitions with one all-gather, so the full copy never drifts from the partitions (DeepSpeed
-restores only the partitions of frozen parameters from a checkpoint). Their forward passes go through
-DeepSpeed's module hooks like the online towers. Stages 0-2 replicate parameters: the EMA is on full
+ZeRO-3: the momentum copies are ordinary frozen parameters, so DeepSpeed partitions them exactly like the
+online parameters (same shapes, hence the same flat layout); the EMA runs on the local partitions with no
+communication (pretrain.engine.ema_parameters_, where every DeepSpeed detail lives). Their forward passes go
+through DeepSpeed's module hooks like the online towers. Stages 0-2 replicate parameters: the EMA is on full
 tensors, identical on every rank. The queue lives in buffers, which ZeRO never partitions: every rank holds
 the same queue because it enqueues the gathered global batch.
 """
@@ -29,6 +26,7 @@ import torch.distributed as dist
 from torch import nn
 
 from kernels.contrastive.spec import pack_multi_hot
+from pretrain.engine import ema_parameters_, gather_persistent_parameters
 
 PARTS = ("vision_model", "text_model", "visual_projection", "text_projection")
 
@@ -43,21 +41,12 @@ class MomentumEncoder(nn.Module):
         self.requires_grad_(False)
 
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        _gather_persistent(self)
+        gather_persistent_parameters(self)
         return self.visual_projection(self.vision_model(pixel_values))
 
     def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        _gather_persistent(self)
+        gather_persistent_parameters(self)
         return self.text_projection(self.text_model(input_ids, attention_mask))
-
-
-def _gather_persistent(module: nn.Module) -> None:
-    """ZeRO-3: gather persistent parameters that are still partitioned (DeepSpeed's hooks fetch only the
-    parameters of modules whose forward runs, and timm reads e.g. cls_token/pos_embed of its root module from
-    forward_features); once gathered, persistent parameters stay gathered."""
-    pending = [p for p in module.parameters() if getattr(p, "ds_persist", False) and p.data.numel() != p.ds_numel]
-    if pending:
-        pending[0].all_gather(param_list=pending)
 
 
 def parameter_pairs(model: nn.Module, encoder: MomentumEncoder) -> list[tuple[nn.Parameter, nn.Parameter]]:
@@ -70,38 +59,9 @@ def parameter_pairs(model: nn.Module, encoder: MomentumEncoder) -> list[tuple[nn
     return pairs
 
 
-@torch.no_grad()
 def ema_update(model: nn.Module, encoder: MomentumEncoder, m: float) -> None:
-    """theta_m <- m * theta_m + (1 - m) * theta for every momentum parameter (see the module doc for ZeRO-3)."""
-    pairs = parameter_pairs(model, encoder)
-    if not any(hasattr(q, "ds_tensor") for _, q in pairs):
-        for p, q in pairs:
-            q.mul_(m).add_(p.to(q.dtype), alpha=1 - m)
-        return
-    gathered = []
-    for p, q in pairs:
-        q.ds_tensor.data.mul_(m).add_(p.ds_tensor.data.to(q.ds_tensor.dtype), alpha=1 - m)
-        if q.data.numel() == q.ds_numel:  # persistent: a full copy lives beside the partition
-            gathered.append(q)
-    if gathered:
-        _refresh_full(gathered)
-
-
-def _refresh_full(params: list[nn.Parameter]) -> None:
-    """Rebuild the full tensors of gathered ZeRO-3 parameters from their partitions (one all-gather)."""
-    local = torch.cat([q.ds_tensor.data.reshape(-1) for q in params])
-    world = dist.get_world_size() if dist.is_initialized() else 1
-    full = torch.empty(world * local.numel(), dtype=local.dtype, device=local.device)
-    if world > 1:
-        dist.all_gather_into_tensor(full, local)
-    else:
-        full.copy_(local)
-    full = full.view(world, -1)
-    offset = 0
-    for q in params:
-        n = q.ds_tensor.numel()
-        q.data.copy_(full[:, offset:offset + n].reshape(-1)[:q.ds_numel].view_as(q.data))
-        offset += n
+    """theta_m <- m * theta_m + (1 - m) * theta for every momentum parameter (any ZeRO stage)."""
+    ema_parameters_(parameter_pairs(model, encoder), m)
 
 
 class FeatureQueue(nn.Module):

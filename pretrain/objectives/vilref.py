@@ -45,6 +45,7 @@ from torch import nn
 
 from kernels import distributed_contrastive_loss
 from kernels.contrastive.spec import WEIGHTINGS
+from pretrain.model import auxiliary
 from pretrain.objectives.base import Batch, Objective, PairedBatch, as_batch, embed
 from pretrain.objectives.momentum import FeatureQueue, MomentumEncoder, ema_update, gather_no_grad
 
@@ -87,10 +88,11 @@ class ViLReFObjective(Objective):
     def num_labels(self) -> int:
         return len(_knowledge(self.knowledge).vocabulary)
 
-    def attach(self, model: nn.Module) -> None:
-        if self.queue_size > 0:  # queue_size 0: in-batch WSCL only, no momentum encoders needed
-            model.momentum_encoder = MomentumEncoder(model)
-            model.feature_queue = FeatureQueue(self.queue_size, model.config.embed_dim, self.num_labels)
+    def auxiliary_modules(self, model: nn.Module) -> dict[str, nn.Module]:
+        if self.queue_size == 0:  # in-batch WSCL only, no momentum encoders needed
+            return {}
+        return {"momentum_encoder": MomentumEncoder(model),
+                "feature_queue": FeatureQueue(self.queue_size, model.config.embed_dim, self.num_labels)}
 
     def labels(self, batch: Batch, device: torch.device) -> torch.Tensor:
         """(B, C) multi-hot labels of the batch, from its text or its shard labels."""
@@ -102,13 +104,11 @@ class ViLReFObjective(Objective):
         return F.pad(multi_hot, (0, self.num_labels - multi_hot.shape[1])).to(device)
 
     def __call__(self, model: nn.Module, batch: Batch | PairedBatch) -> dict[str, torch.Tensor]:
-        module = getattr(model, "module", model)  # the DeepSpeed engine, or a bare model in tests
-        queue = getattr(module, "feature_queue", None)
-        if self.queue_size > 0 and queue is None:
-            raise RuntimeError("vilref: call objective.attach(model) before training (the trainer does)")
+        queue = auxiliary(model, "feature_queue") if self.queue_size > 0 else None
+        encoder = auxiliary(model, "momentum_encoder") if self.queue_size > 0 else None
         batch = as_batch(batch)
-        if queue is not None and module.training:
-            ema_update(module, module.momentum_encoder, self.momentum)
+        if encoder is not None and model.training:
+            ema_update(model, encoder, self.momentum)
         image, text, scale = embed(model, batch)
         labels = self.labels(batch, image.device)
         stored = queue.contents() if queue is not None else None
@@ -117,9 +117,8 @@ class ViLReFObjective(Objective):
             image, text, scale, labels=labels, positives="identity", exclude_false_negatives=self.exclude,
             weighting=self.weighting, alpha=self.alpha, image_queue=image_q, text_queue=text_q,
             queue_labels=labels_q, backend=self.backend)
-        if queue is not None and module.training:
+        if queue is not None and encoder is not None and model.training:
             with torch.no_grad():
-                encoder = module.momentum_encoder
                 image_m = encoder.get_image_features(batch["image"])
                 text_m = encoder.get_text_features(batch["input_ids"], batch["attention_mask"])
             queue.enqueue(gather_no_grad(image_m.float()), gather_no_grad(text_m.float()),

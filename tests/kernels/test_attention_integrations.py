@@ -1,5 +1,6 @@
-"""`kernels.attention.integrations` and `kernels.attention.decoder`: timm ViTs, Hugging Face BERT-family models
-and the caption decoder give the same outputs and gradients through the kernels as through their own attention.
+"""`kernels.attention.integrations` and the caption decoder (pretrain.caption_decoder, tested here because its
+triton backend needs the interpreter set up by tests/kernels/conftest.py): timm ViTs, Hugging Face BERT-family
+models and the caption decoder give the same outputs and gradients through the kernels as through their own attention.
 
 Without CUDA the "triton" backend runs in the Triton interpreter (tests/kernels/conftest.py), so the models
 here are tiny; real-size models are only checked for wiring (meta tensors) or on the cheap sdpa backend.
@@ -19,7 +20,7 @@ from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from kernels.attention.decoder import CaptionDecoder, CaptionDecoderLayer
+from pretrain.caption_decoder import CaptionDecoder, CaptionDecoderLayer
 from kernels.attention.integrations import (TRANSFORMERS_NAME, mask_to_padding, register_transformers_attention,
                                             use_attention_backend)
 

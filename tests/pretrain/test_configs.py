@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from pretrain.config import load_config, load_yaml
-from pretrain.model import build_vision_tower
-from pretrain.objectives import OBJECTIVES
+from pretrain.objectives import OBJECTIVES, build_objective
 from pretrain.text_pretrain import TextPretrainConfig
+from pretrain.towers import build_vision_tower
 from pretrain.train import TrainConfig
 
 SHIPPED = sorted((Path(__file__).resolve().parents[2] / "pretrain" / "configs").glob("*.yaml"))
@@ -38,6 +38,8 @@ def test_base_chains_of_shipped_configs_resolve():
 def test_config_loads_and_names_a_known_method(path):
     cfg = load_config(TrainConfig, path, [])
     assert cfg.method in OBJECTIVES
+    build_objective(cfg.method, **cfg.objective)  # the objective accepts the config's options
+    assert (cfg.model.caption_decoder is not None) == (cfg.method == "keepfit_v2")  # the decoder it trains
     assert cfg.data.image_size == cfg.model.vision.image_size
     assert cfg.data.max_text_len <= cfg.model.text.max_len
 

@@ -3,7 +3,7 @@
 One module-scoped 2-process DeepSpeed run per ZeRO stage writes a checkpoint of the tiny model and the
 reference features of the training model (its full weights gathered by DeepSpeed itself, in the workers, so
 the reference does not depend on the consolidation under test). The ZeRO-3 run carries a caption decoder
-(kernels.attention.decoder.CaptionDecoder, attached as KeepFIT V2 will attach it). Exports are reloaded in a
+(model.caption_decoder, the model option KeepFIT V2 trains). Exports are reloaded in a
 clean subprocess that imports only transformers and timm. Tolerance: fp32 on CPU, max abs diff <= 1e-5.
 """
 
@@ -30,25 +30,18 @@ DECODER = {"dim": 32, "depth": 1, "num_heads": 2, "max_len": 16}
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
 
 
-def _model_cfg():
-    from pretrain.model import tiny_model_config
+def _model_cfg(with_decoder: bool = False):
+    from pretrain.model import CaptionDecoderConfig
+    from tests.helpers import tiny_model_config
 
-    cfg = tiny_model_config()
+    cfg = tiny_model_config(caption_decoder=CaptionDecoderConfig(**DECODER) if with_decoder else None)
     return dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, name_or_path="offline-minilm"))
 
 
 def _build(with_decoder: bool):
-    from kernels.attention.decoder import CaptionDecoder
-    from pretrain.model import build_model
-    from pretrain.train import resolve_text_path
+    from pretrain.model import build_model, resolve_model_paths
 
-    cfg = _model_cfg()
-    cfg = dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, name_or_path=resolve_text_path("offline-minilm")))
-    model = build_model(cfg)
-    if with_decoder:
-        model.caption_decoder = CaptionDecoder(vocab_size=model.text_model.model.config.vocab_size,
-                                               image_dim=model.vision_model.token_dim, **DECODER)
-    return model
+    return build_model(resolve_model_paths(_model_cfg(with_decoder)))
 
 
 def _inputs() -> dict[str, torch.Tensor]:
@@ -102,10 +95,8 @@ def _worker(rank: int, world: int, port: int, stage: int, run_dir: str) -> None:
              "input_ids": torch.randint(0, 1000, (3, 8), generator=g), "attention_mask": torch.ones(3, 8).long()}
     for _ in range(2):
         train_step(engine, loss_fn, batch)
-    raw = to_dict(TrainConfig(model=_model_cfg()))
+    raw = to_dict(TrainConfig(model=_model_cfg(with_decoder)))
     raw["engine"]["zero_stage"] = stage
-    if with_decoder:
-        raw["model"]["caption_decoder"] = {"num_heads": DECODER["num_heads"]}
     save_run_config(run_dir, raw)
     save_checkpoint(engine, run_dir, 2)
     module = engine.module
@@ -297,7 +288,8 @@ def test_import_hf_config_initialises_training_model(export2, run2, tmp_path):
     from pretrain.commands.import_hf import cli_main
     from pretrain.config import load_config
     from pretrain.model import build_model
-    from pretrain.train import TrainConfig, resolve_text_path
+    from pretrain.towers import resolve_text_path
+    from pretrain.train import TrainConfig
 
     cfg_path = tmp_path / "ft.yaml"
     assert cli_main([str(export2), "--out", str(cfg_path), "--base",

@@ -6,15 +6,16 @@ from __future__ import annotations
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from kernels import contrastive_loss
-from pretrain.model import build_model, offline_minilm_path, tiny_model_config
+from pretrain.model import add_auxiliary, build_model
+from pretrain.towers import offline_minilm_path
 from pretrain.objectives import build_objective
-from pretrain.objectives.keepfit_v1 import KeepFITV1Objective, RevisionAttention, nearest_elite_captions
+from pretrain.objectives.keepfit_v1 import KeepFITV1Objective, RevisionAttention
+from tests.helpers import tiny_model_config
 
 
 def _identity(attn: RevisionAttention) -> None:
@@ -83,7 +84,7 @@ def test_terms_match_kernels_and_hand_mse(tokenizer, pair):
     model = build_model(tiny_model_config()).eval()
     objective = build_objective("keepfit_v1")
     assert isinstance(objective, KeepFITV1Objective) and objective.revision_weight == 100.0
-    objective.attach(model)
+    add_auxiliary(model, objective.auxiliary_modules(model))
     public, elite = pair
     terms = objective(model, pair)
     assert list(terms) == ["contrastive", "elite_contrastive", "revision"]
@@ -95,11 +96,11 @@ def test_terms_match_kernels_and_hand_mse(tokenizer, pair):
             p["image_embeds"], p["text_embeds"], scale, labels=public["category_ids"], positives="labels"))
         torch.testing.assert_close(terms["elite_contrastive"],
                                    contrastive_loss(e["image_embeds"], e["text_embeds"], scale))
-        revised = model.revision_attention(p["image_embeds"], e["image_embeds"], e["text_embeds"])
+        revised = model.auxiliary["revision_attention"](p["image_embeds"], e["image_embeds"], e["text_embeds"])
         mse = ((p["text_embeds"] - revised) ** 2).sum() / revised.numel()
     torch.testing.assert_close(terms["revision"], 100.0 * mse, rtol=1e-5, atol=1e-7)
     terms["revision"].backward()
-    for part in (model.revision_attention.q_proj, model.revision_attention.out_proj, model.text_projection.proj,
+    for part in (model.auxiliary["revision_attention"].q_proj, model.auxiliary["revision_attention"].out_proj, model.text_projection.proj,
                  model.visual_projection.proj):
         assert part.weight.grad is not None and part.weight.grad.abs().sum() > 0
 
@@ -107,16 +108,9 @@ def test_terms_match_kernels_and_hand_mse(tokenizer, pair):
 def test_needs_paired_batches(tokenizer, pair):
     model = build_model(tiny_model_config())
     objective = KeepFITV1Objective()
-    objective.attach(model)
+    add_auxiliary(model, objective.auxiliary_modules(model))
     with pytest.raises(ValueError, match="data.mix: paired"):
         objective(model, pair[0])
-
-
-def test_nearest_elite_captions_by_hand():
-    public = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
-    elite = np.array([[0.0, 1.0], [1.0, 0.0]])
-    mapping = nearest_elite_captions(["a", "b", "c"], public, elite, ["vertical", "horizontal"])
-    assert mapping == {"a": "horizontal", "b": "vertical", "c": "vertical"}
 
 
 def test_offline_variant_pulls_toward_attached_caption(tokenizer, pair, tmp_path):
@@ -127,8 +121,8 @@ def test_offline_variant_pulls_toward_attached_caption(tokenizer, pair, tmp_path
     path = tmp_path / "captions.json"
     path.write_text(json.dumps(attached))
     objective = KeepFITV1Objective(offline_captions=str(path), revision_weight=10.0)
-    objective.attach(model)
-    assert not hasattr(model, "revision_attention")
+    add_auxiliary(model, objective.auxiliary_modules(model))
+    assert not hasattr(model, "auxiliary")
     terms = objective(model, public)  # no elite batch needed offline: no elite term
     assert list(terms) == ["contrastive", "revision"]
     with torch.no_grad():
@@ -170,12 +164,12 @@ def _worker(rank: int, world: int, port: int, stages: tuple[int, ...], out_dir: 
         torch.manual_seed(0)
         model = build_model(tiny_model_config())
         objective = KeepFITV1Objective()
-        objective.attach(model)
+        add_auxiliary(model, objective.auxiliary_modules(model))
         engine = build_engine(model, EngineConfig(zero_stage=stage, micro_batch_size=4, lr=5e-3, warmup_steps=1,
                                                   total_steps=STEPS))[0]
 
         def loss_fn(eng, b):
-            terms = objective(eng, b)
+            terms = objective(eng.module, b)
             return {"loss": weighted_total(terms, {}), **terms}
 
         result[stage] = [train_step(engine, loss_fn, (public, elite)) for _ in range(STEPS)]

@@ -13,9 +13,11 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from pretrain.model import build_model, offline_minilm_path, tiny_model_config
+from pretrain.model import CaptionDecoderConfig, build_model
+from pretrain.towers import offline_minilm_path
 from pretrain.objectives import OBJECTIVES, FlairObjective, build_objective, weighted_total
 from pretrain.objectives.keepfit_v2 import KeepFITV2Objective, caption_loss
+from tests.helpers import tiny_model_config
 
 PX = 64
 CAPTIONS = ["drusen near the macula", "normal fundus", "optic disc cupping in the right eye",
@@ -50,7 +52,7 @@ def test_caption_loss_by_hand():
 
 def test_caption_loss_matches_an_explicit_loop():
     torch.manual_seed(0)
-    from kernels.attention.decoder import CaptionDecoder
+    from pretrain.caption_decoder import CaptionDecoder
 
     decoder = CaptionDecoder(vocab_size=11, dim=16, depth=1, num_heads=2, max_len=8, image_dim=12)
     ids = torch.randint(3, 11, (3, 8))
@@ -84,26 +86,33 @@ def make_batch(tokenizer, captions, datasets, seed: int = 0, categories=None) ->
 @pytest.fixture(scope="module")
 def setup(tokenizer):
     torch.manual_seed(0)
-    model = build_model(tiny_model_config())
-    objective = build_objective("keepfit_v2", decoder_heads=2)
-    objective.attach(model)
-    return model.eval(), objective
+    model = build_model(tiny_model_config(caption_decoder=CaptionDecoderConfig(num_heads=2)))
+    return model.eval(), build_objective("keepfit_v2")
 
 
-def test_registered_and_attach_builds_the_decoder(setup, tokenizer):
+def test_registered_and_the_model_builds_the_decoder(setup, tokenizer):
     model, objective = setup
     assert OBJECTIVES["keepfit_v2"] is KeepFITV2Objective and isinstance(objective, KeepFITV2Objective)
     decoder = model.caption_decoder
     assert decoder.token_embed.num_embeddings == model.text_model.model.config.vocab_size >= len(tokenizer)
-    assert decoder.token_embed.embedding_dim == 32 and len(decoder.layers) == 2  # text width; decoder_depth
+    assert decoder.token_embed.embedding_dim == 32 and len(decoder.layers) == 2  # text width; default depth
     assert decoder.layers[0].cross_kv.in_features == model.vision_model.token_dim
     assert decoder.max_len == model.config.text.max_len and decoder.num_heads == 2
-    objective.attach(model)  # idempotent: the same decoder stays
-    assert model.caption_decoder is decoder
     assert any(n.startswith("caption_decoder.") for n, _ in model.named_parameters())
 
 
-def test_attach_loads_the_decoder_of_model_init_from(setup, tmp_path):
+def test_a_model_without_a_decoder_and_old_options_are_clear_errors(tokenizer):
+    with pytest.raises(ValueError, match=r"model: \{caption_decoder: \{depth: 1, num_heads: 2\}\}"):
+        build_objective("keepfit_v2", decoder_depth=1, decoder_heads=2)
+    with pytest.raises(ValueError, match="unknown objective option"):
+        build_objective("keepfit_v2", decoder_width=3)
+    model = build_model(tiny_model_config())
+    batch = make_batch(tokenizer, CAPTIONS[:2], ["MM-Retinal"] * 2)
+    with pytest.raises(ValueError, match="set model.caption_decoder"):
+        build_objective("keepfit_v2")(model, batch)
+
+
+def test_model_init_from_loads_the_decoder(setup, tmp_path):
     import dataclasses
 
     from safetensors.torch import save_file
@@ -112,11 +121,21 @@ def test_attach_loads_the_decoder_of_model_init_from(setup, tmp_path):
     path = tmp_path / "model.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     torch.manual_seed(1)
-    fresh = build_model(dataclasses.replace(tiny_model_config(), init_from=str(path)))  # skips caption_decoder.*
-    assert not hasattr(fresh, "caption_decoder")
-    build_objective("keepfit_v2", decoder_heads=2).attach(fresh)
-    for name, value in model.caption_decoder.state_dict().items():
-        assert torch.equal(fresh.caption_decoder.state_dict()[name], value), name
+    fresh = build_model(dataclasses.replace(model.config, init_from=str(path)))
+    for name, value in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[name], value), name
+    without = build_model(dataclasses.replace(tiny_model_config(), init_from=str(path)))  # skips caption_decoder.*
+    assert without.caption_decoder is None
+
+
+def test_one_forward_gives_the_image_tokens(setup):
+    model, _ = setup
+    pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    ids = torch.randint(1, 100, (2, 7), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        out = model(pixels, ids, torch.ones_like(ids), return_image_tokens=True)
+        torch.testing.assert_close(out["image_tokens"], model.image_tokens(pixels))
+        torch.testing.assert_close(out["image_embeds"], model.get_image_features(pixels))
 
 
 def test_caption_rows(tokenizer):
@@ -140,7 +159,7 @@ def test_terms_match_flair_and_the_direct_caption_path(setup, tokenizer):
                               elite["attention_mask"])
     assert set(terms) == {"contrastive", "caption"}
     torch.testing.assert_close(terms["contrastive"], flair)
-    torch.testing.assert_close(terms["caption"], direct)  # the tapped tokens are model.image_tokens'
+    torch.testing.assert_close(terms["caption"], direct)  # the forward's tokens are model.image_tokens'
     assert math.log(model.caption_decoder.lm_head.out_features) == pytest.approx(terms["caption"].item(), rel=0.1)
     total = weighted_total(terms, {"contrastive": 1.0, "caption": 0.5})
     torch.testing.assert_close(total, terms["contrastive"] + 0.5 * terms["caption"])
@@ -184,9 +203,8 @@ def _worker(rank: int, world: int, port: int, stage: int, out_dir: str) -> None:
 
     init_distributed_env()
     torch.manual_seed(0)
-    model = build_model(tiny_model_config())
-    objective = build_objective("keepfit_v2", decoder_heads=2, decoder_depth=1)
-    objective.attach(model)
+    model = build_model(tiny_model_config(caption_decoder=CaptionDecoderConfig(depth=1, num_heads=2)))
+    objective = build_objective("keepfit_v2")
     engine = build_engine(model, EngineConfig(zero_stage=stage, micro_batch_size=6, lr=2e-3, warmup_steps=1,
                                               total_steps=100))[0]
     tok = AutoTokenizer.from_pretrained(offline_minilm_path())
@@ -195,7 +213,7 @@ def _worker(rank: int, world: int, port: int, stage: int, out_dir: str) -> None:
     elite = make_batch(tok, CAPTIONS[4:], ["MM-Retinal"] * 2, seed=20 + rank, categories=[3, 3])
 
     def loss_fn(eng, batch):
-        terms = objective(eng, batch)
+        terms = objective(eng.module, batch)
         return {"loss": weighted_total(terms, {"contrastive": 1.0, "caption": 0.5}), **terms}
 
     history = [train_step(engine, loss_fn, (public, elite)) for _ in range(6)]

@@ -1,11 +1,14 @@
 """`pretrain.metrics` and `pretrain.probes`: hand-worked answers, then random inputs against sklearn.
 
-sklearn is only the independent reference here; the package itself is pure torch/numpy.
+`pretrain.metrics` is built on `sklearn.metrics`, so the hand-worked cases are its independent check; the
+random comparisons pin the class sets and parameters it passes against sklearn's plain calls. The probes are
+pure torch, and sklearn's LogisticRegression is their independent reference.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -85,6 +88,29 @@ def test_auc_multiclass_skips_absent_class():
     # class 2 never occurs; classes 0 and 1 are each ranked perfectly by their own column
     scores = [[0.8, 0.1, 0.1], [0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.6, 0.2]]
     assert auc_ovr([0, 0, 1, 1], scores) == pytest.approx(1.0)
+
+
+def test_auc_takes_scores_that_are_not_probabilities():
+    # cosine similarities: negative, rows not summing to 1. sklearn's multi_class="ovr" rejects these; the
+    # macro one-vs-rest AUC only ranks each column, so it is the mean of the per-class binary AUCs.
+    rng = np.random.default_rng(4)
+    y = np.concatenate([np.arange(4), rng.integers(0, 4, 26)])
+    scores = rng.uniform(-1, 1, (30, 4)) + 0.3 * np.eye(4)[y]
+    with pytest.raises(ValueError):
+        skm.roc_auc_score(y, scores, multi_class="ovr")
+    per_class = [skm.roc_auc_score(y == c, scores[:, c]) for c in range(4)]
+    assert auc_ovr(y, scores) == pytest.approx(np.mean(per_class))
+    assert auc_ovr(y, 5 * scores - 2) == pytest.approx(np.mean(per_class))  # ranks alone matter
+
+
+def test_documented_edge_cases_do_not_warn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert balanced_accuracy([0, 1], [0, 2], 3) == pytest.approx(0.5)  # class 2 only predicted
+        assert balanced_accuracy([1, 1], [1, 1], 3) == 1.0  # a single label everywhere
+        assert confusion_matrix([0, 0], [0, 0], 1).tolist() == [[2]]
+        assert math.isnan(quadratic_kappa([2, 2], [2, 2], 3))
+        assert macro_f1([0, 0], [1, 1], 3) == 0.0
 
 
 def test_recall_identical_embeddings_and_constant_similarity():

@@ -10,8 +10,9 @@ import torch
 
 from kernels import contrastive_loss
 from pretrain.config import field_docs, from_dict
-from pretrain.model import (ModelConfig, RetinaCLIP, TextConfig, VisionConfig, build_model, build_text_tower,
-                            build_vision_tower, offline_minilm_path, param_groups, tiny_model_config)
+from pretrain.model import ModelConfig, RetinaCLIP, TextConfig, VisionConfig, build_model, param_groups
+from pretrain.towers import build_text_tower, build_vision_tower, offline_minilm_path
+from tests.helpers import tiny_model_config
 
 BATCH, SEQ, PX = 3, 12, 64
 

@@ -8,9 +8,11 @@ import torch
 
 from kernels import contrastive_loss
 from kernels.contrastive import LossOptions, reference_contrastive_loss
-from pretrain.model import RetinaCLIP, build_model, offline_minilm_path, tiny_model_config
+from pretrain.model import RetinaCLIP, build_model
 from pretrain.objectives import (OBJECTIVES, ClipObjective, FlairObjective, build_objective, embed,
                                  merge_batches, weighted_total)
+from pretrain.towers import offline_minilm_path
+from tests.helpers import tiny_model_config
 
 PX = 64
 CAPTIONS = ["optic disc cupping in the right eye", "drusen near the macula", "normal fundus",

@@ -184,7 +184,7 @@ def test_two_process_zero3_run_resumes_and_writes_a_loadable_text_model(tmp_path
     from transformers import AutoModel, AutoTokenizer
 
     from pretrain.engine import free_port
-    from pretrain.model import TextConfig, build_text_tower
+    from pretrain.towers import TextConfig, build_text_tower
 
     mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     for rank in range(2):

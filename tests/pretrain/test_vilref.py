@@ -9,10 +9,12 @@ import pytest
 import torch
 
 from kernels import contrastive_loss
-from pretrain.model import build_model, offline_minilm_path, tiny_model_config
+from pretrain.model import add_auxiliary, build_model
+from pretrain.towers import offline_minilm_path
 from pretrain.objectives import build_objective
 from pretrain.objectives.momentum import FeatureQueue, MomentumEncoder, ema_update, parameter_pairs
 from pretrain.objectives.vilref import ViLReFObjective, extract_multi_hot
+from tests.helpers import tiny_model_config
 
 # label sets of 5 samples over 3 classes: a false negative (0, 1), a partial overlap (0/1 vs 2), an empty set
 LABELS = torch.tensor([[1, 0, 0], [1, 0, 0], [1, 1, 0], [0, 0, 0], [0, 0, 1]], dtype=torch.uint8)
@@ -197,27 +199,27 @@ def test_objective_matches_kernel_and_fills_queue(tokenizer):
     model = build_model(tiny_model_config())
     objective = build_objective("vilref", queue_size=6, momentum=0.5, alpha=0.5)
     assert isinstance(objective, ViLReFObjective)
-    objective.attach(model)
+    add_auxiliary(model, objective.auxiliary_modules(model))
     model.train()
     batch = _batch(tokenizer, CAPTIONS)
     terms = objective(model, batch)
     assert list(terms) == ["contrastive"] and torch.isfinite(terms["contrastive"])
-    assert int(model.feature_queue.count) == 4  # the first step had no queue, then enqueued its 4 keys
+    assert int(model.auxiliary["feature_queue"].count) == 4  # the first step had no queue, then enqueued its 4 keys
     terms["contrastive"].backward()
     assert model.visual_projection.proj.weight.grad is not None
-    assert all(p.grad is None for p in model.momentum_encoder.parameters())
+    assert all(p.grad is None for p in model.auxiliary["momentum_encoder"].parameters())
     # the second step sees the queue; eval mode (no dropout) makes the embedding reproducible for the check
     model.eval()
     with torch.no_grad():
         loss = objective(model, batch)["contrastive"]
         out = model(batch["image"], batch["input_ids"], batch["attention_mask"])
-        qi, qt, ql = model.feature_queue.contents()
+        qi, qt, ql = model.auxiliary["feature_queue"].contents()
         labels = extract_multi_hot(CAPTIONS)
         expected = contrastive_loss(out["image_embeds"], out["text_embeds"], out["logit_scale"], labels=labels,
                                     exclude_false_negatives=True, weighting="cosine", alpha=0.5,
                                     image_queue=qi, text_queue=qt, queue_labels=ql)
     torch.testing.assert_close(loss, expected)
-    assert int(model.feature_queue.count) == 4  # eval calls never enqueue
+    assert int(model.auxiliary["feature_queue"].count) == 4  # eval calls never enqueue
 
 
 def test_objective_options_are_checked(tokenizer):
@@ -226,7 +228,7 @@ def test_objective_options_are_checked(tokenizer):
     with pytest.raises(ValueError, match="label_source"):
         ViLReFObjective(label_source="csv")
     model = build_model(tiny_model_config())
-    with pytest.raises(RuntimeError, match="attach"):
+    with pytest.raises(RuntimeError, match="no auxiliary module .feature_queue."):
         ViLReFObjective()(model, _batch(tokenizer, CAPTIONS))
 
 
@@ -259,27 +261,27 @@ def _worker(rank: int, world: int, port: int, stages: tuple[int, ...], out_dir: 
         torch.manual_seed(0)
         model = build_model(tiny_model_config())
         objective = ViLReFObjective(queue_size=8, momentum=0.5)
-        objective.attach(model)
+        add_auxiliary(model, objective.auxiliary_modules(model))
         engine = build_engine(model, EngineConfig(zero_stage=stage, micro_batch_size=4, lr=5e-3, warmup_steps=1,
                                                   total_steps=STEPS))[0]
 
         def loss_fn(eng, b):
-            terms = objective(eng, b)
+            terms = objective(eng.module, b)
             return {"loss": weighted_total(terms, {}), **terms}
 
         losses = [train_step(engine, loss_fn, batch)["loss"] for _ in range(STEPS)]
         module = engine.module
         online = [p for part in ("vision_model", "text_model", "visual_projection", "text_projection")
                   for p in getattr(module, part).parameters()]
-        momentum = list(module.momentum_encoder.parameters())
+        momentum = list(module.auxiliary["momentum_encoder"].parameters())
         with deepspeed.zero.GatheredParameters(online + momentum, modifier_rank=None):
             before = [q.detach().clone() for q in momentum]
             theta = [p.detach().clone() for p in online]
-        ema_update(module, module.momentum_encoder, 0.25)  # partition-wise under ZeRO-3
+        ema_update(module, module.auxiliary["momentum_encoder"], 0.25)  # partition-wise under ZeRO-3
         with deepspeed.zero.GatheredParameters(momentum, modifier_rank=None):
             ema_error = max(float((q - (0.25 * b + 0.75 * t)).abs().max()) for q, b, t in zip(momentum, before, theta))
-        result[stage] = {"losses": losses, "ema_error": ema_error, "queue": module.feature_queue.image.clone(),
-                         "count": int(module.feature_queue.count)}
+        result[stage] = {"losses": losses, "ema_error": ema_error, "queue": module.auxiliary["feature_queue"].image.clone(),
+                         "count": int(module.auxiliary["feature_queue"].count)}
     torch.save(result, Path(out_dir) / f"result{rank}.pt")
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()

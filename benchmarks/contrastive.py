@@ -1,10 +1,10 @@
-"""Contrastive-loss microbenchmark: `retina-bench contrastive` (also `python -m kernels.bench contrastive`).
+"""Contrastive-loss microbenchmark: `retina-bench contrastive` (also `python -m benchmarks contrastive`).
 
 Sweeps the batch B (M = N = B, identity positives) and the embedding dimension D over the providers of
-`kernels.bench_contrastive_providers` (triton, chunked, chunked_2dir, eager, open_clip, inf_cl) in three
+`benchmarks.contrastive_providers` (triton, chunked, chunked_2dir, eager, open_clip, inf_cl) in three
 modes: forward, backward (alone, after an untimed forward) and full (forward + backward). Times are
 medians of --repeats runs after --warmup runs, with the baselines measured in the same run; the FLOP rate
-of each provider counts the products it actually performs. Peak memory (kernels.bench_memory) is that of
+of each provider counts the products it actually performs. Peak memory (benchmarks.memory) is that of
 one forward + backward beyond the inputs. The targets of the contrastive v2 work are evaluated on what
 was measured and printed with the table.
 
@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from kernels.bench_common import device_info, device_slug, elapsed_ms, fmt, guarded, package_version
-from kernels.bench_contrastive_providers import (
+from benchmarks.common import device_info, device_slug, elapsed_ms, fmt, guarded, package_version, results_dir
+from benchmarks.contrastive_providers import (
     DTYPES,
     LOGIT_SCALE,
     PRODUCTS,
@@ -38,7 +38,7 @@ from kernels.bench_contrastive_providers import (
     make_inputs,
     make_loss,
 )
-from kernels.bench_memory import measure_memory, memory_method
+from benchmarks.memory import measure_memory, memory_method
 
 MODES = ("forward", "backward", "full")
 BASELINES = ("eager", "open_clip", "chunked_2dir", "inf_cl")
@@ -53,8 +53,6 @@ QUICK = {"batch": [128, 256], "dim": [32], "repeats": 3, "warmup": 1}
 # The acceptance point: chunked must need at most a tenth of eager's memory at B = 16384, D = 512.
 CHECK_BATCH, CHECK_DIM, CHECK_MAX_RATIO = 16384, 512, 0.1
 PARALLEL_PROBE_MAX_BATCH = 8192
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -332,9 +330,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[Config, dict[str, str]]:
 
 
 def default_out(device: torch.device) -> Path:
-    # Beside the repository's other results when run from a checkout, else under the working directory.
-    root = REPO if (REPO / "benchmarks").is_dir() else Path.cwd()
-    return root / "benchmarks" / "results" / f"contrastive-{device_slug(device)}.json"
+    return results_dir() / f"contrastive-{device_slug(device)}.json"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from kernels.bench_contrastive import MODES, add_ratios, targets
-from kernels.bench_contrastive_providers import PROVIDERS, flops
-from kernels.bench_memory import cpu_peaks
+from benchmarks.contrastive import MODES, add_ratios, targets
+from benchmarks.contrastive_providers import PROVIDERS, flops
+from benchmarks.memory import cpu_peaks
 
 CPU_PROVIDERS = ("chunked", "chunked_2dir", "eager", "open_clip")
 REPO = Path(__file__).resolve().parents[2]
@@ -24,7 +24,7 @@ QUICK_BATCH, QUICK_DIM = (128, 256), (32,)
 def quick_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
     out = tmp_path_factory.mktemp("bench") / "r.json"
     # --device cpu: the same providers on a GPU machine too
-    cmd = [sys.executable, "-m", "kernels.bench", "contrastive", "--quick", "--device", "cpu",
+    cmd = [sys.executable, "-m", "benchmarks", "contrastive", "--quick", "--device", "cpu",
            "--out", str(out), "--no-memory-check", "--providers", *PROVIDERS]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300), out
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from kernels.bench_common import guarded
-from kernels.bench_contrastive_providers import make_inputs, make_loss
+from benchmarks.common import guarded
+from benchmarks.contrastive_providers import make_inputs, make_loss
 
 MIB = 2**20
 
@@ -93,7 +93,7 @@ def probe_context(providers: list[str]) -> BaseContext:
     """Probes fork from a server that imported torch (and open_clip) once. The server only imports, so it
     has no OpenMP thread pool for a fork to break."""
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["kernels.bench_memory"] + (["open_clip"] if "open_clip" in providers else []))
+    ctx.set_forkserver_preload(["benchmarks.memory"] + (["open_clip"] if "open_clip" in providers else []))
     return ctx
 
 

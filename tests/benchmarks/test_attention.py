@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from kernels import bench
-from kernels.bench_attention import LONG_SHAPES, MODES, SHAPE_NAMES, SHAPES, add_speedups
+from benchmarks import cli
+from benchmarks.attention import LONG_SHAPES, MODES, SHAPE_NAMES, SHAPES, add_speedups
 
 CPU_PROVIDERS = ("sdpa", "eager")
 
 
 def run_bench(out: Path, *flags: str) -> subprocess.CompletedProcess:
     # --device cpu: the same providers on a GPU machine too
-    cmd = [sys.executable, "-m", "kernels.bench", "attention", "--quick", "--device", "cpu", "--out", str(out), *flags]
+    cmd = [sys.executable, "-m", "benchmarks", "attention", "--quick", "--device", "cpu", "--out", str(out), *flags]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
@@ -84,6 +84,6 @@ def test_speedups_are_relative_to_sdpa_and_eager():
 
 def test_help_is_the_attention_benchmarks_own(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        bench.main(["attention", "-h"])
+        cli.main(["attention", "-h"])
     assert exit_info.value.code == 0
     assert "retina-bench attention" in capsys.readouterr().out

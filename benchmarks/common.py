@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def elapsed_ms(fn: Callable[[], object], device: torch.device) -> float:
     if device.type == "cuda":
@@ -72,6 +74,12 @@ def package_version(name: str) -> str | None:
         return version(name)
     except PackageNotFoundError:
         return None
+
+
+def results_dir() -> Path:
+    """benchmarks/results of the repository when run from a checkout, else under the working directory."""
+    root = REPO if (REPO / "pyproject.toml").is_file() else Path.cwd()
+    return root / "benchmarks" / "results"
 
 
 def fmt(value: float | None, spec: str) -> str:

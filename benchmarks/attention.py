@@ -1,4 +1,4 @@
-"""Attention microbenchmark: `retina-bench attention` (also `python -m kernels.bench attention`).
+"""Attention microbenchmark: `retina-bench attention` (also `python -m benchmarks attention`).
 
 Times `kernels.attention.attention(..., backend=PROVIDER)` for the providers
 
@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from kernels.bench_common import device_info, device_slug, elapsed_ms, fmt, guarded, package_version
+from benchmarks.common import device_info, device_slug, elapsed_ms, fmt, guarded, package_version, results_dir
 
 PROVIDERS = ("triton", "sdpa", "xformers", "eager")
 MODES = ("forward", "backward", "full")
@@ -88,8 +88,6 @@ CPU_DEFAULTS = {"batch": 2, "repeats": 3, "warmup": 1, "dtype": "fp32"}
 GPU_DEFAULTS = {"batch": None, "repeats": 10, "warmup": 3, "dtype": "bf16"}
 QUICK = {"batch": 1, "repeats": 2, "warmup": 1}
 QUICK_MAX_HEADS, QUICK_MAX_SEQ, QUICK_MAX_HEAD_DIM = 2, 48, 32
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -345,9 +343,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[Config, dict[str, str]]:
 
 
 def default_out(device: torch.device) -> Path:
-    # Beside the repository's other results when run from a checkout, else under the working directory.
-    root = REPO if (REPO / "benchmarks").is_dir() else Path.cwd()
-    return root / "benchmarks" / "results" / f"attention-{device_slug(device)}.json"
+    return results_dir() / f"attention-{device_slug(device)}.json"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,10 +1,11 @@
-"""`retina-bench` (also `python -m kernels.bench`): kernel microbenchmarks.
+"""`retina-bench` (also `python -m benchmarks`): kernel microbenchmarks and the compile-only resource report.
 
     retina-bench contrastive [--quick] [--batch 1024 2048] [--dim 512] ...   # see `retina-bench contrastive -h`
     retina-bench attention [--quick] [--shapes vit_b16_224] [--providers sdpa]  # see `retina-bench attention -h`
     retina-bench resources [--families contrastive attention]  # compile-only sm_90a report, no GPU needed
 
-Each benchmark owns its flags (and its `-h`); this module only dispatches to it.
+Each benchmark owns its flags (and its `-h`); this module only dispatches to it. The benchmarks live in this
+package; `resources` is the library's own report (`kernels.resources`).
 """
 
 from __future__ import annotations
@@ -32,16 +33,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args, rest = build_parser().parse_known_args(argv)
     if args.benchmark == "contrastive":
-        from kernels import bench_contrastive
+        from benchmarks import contrastive
 
-        return bench_contrastive.main(rest)
+        return contrastive.main(rest)
     if args.benchmark == "resources":
         from kernels import resources
 
         return resources.main(rest)
-    from kernels import bench_attention
+    from benchmarks import attention
 
-    return bench_attention.main(rest)
+    return attention.main(rest)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""The caption decoder of KeepFIT V2's generative branch, with every attention through `kernels.attention`.
+"""The caption decoder (KeepFIT V2's generative branch), a model option as CoCa's is in open_clip.
+
+Every attention goes through `kernels.attention`.
 
     decoder = CaptionDecoder(vocab_size=30522, dim=512, depth=4, num_heads=8, max_len=77, image_dim=768)
     logits = decoder(input_ids, image_tokens, text_padding_mask=attention_mask)   # (B, L, vocab)
@@ -11,10 +13,14 @@ attention_mask) marks a real token.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from kernels.attention import attention
+
+__all__ = ["CaptionDecoder", "CaptionDecoderConfig", "CaptionDecoderLayer", "build_caption_decoder"]
 
 
 def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -65,7 +71,7 @@ class CaptionDecoder(nn.Module):
     def __init__(self, vocab_size: int, dim: int, depth: int, num_heads: int, max_len: int,
                  backend: str | None = None, image_dim: int | None = None, mlp_ratio: float = 4.0) -> None:
         super().__init__()
-        self.max_len = max_len
+        self.max_len, self.num_heads = max_len, num_heads
         self.token_embed = nn.Embedding(vocab_size, dim)
         self.pos_embed = nn.Parameter(torch.zeros(max_len, dim))
         nn.init.trunc_normal_(self.token_embed.weight, std=0.02)
@@ -86,3 +92,27 @@ class CaptionDecoder(nn.Module):
         for layer in self.layers:
             x = layer(x, image_tokens, text_padding_mask, image_padding_mask)
         return self.lm_head(self.norm(x))
+
+
+@dataclass
+class CaptionDecoderConfig:
+    dim: int | None = None
+    """Decoder width; null: the text tower's hidden size."""
+    depth: int = 2
+    """Decoder layers (causal self-attention, cross-attention to the image tokens, MLP)."""
+    num_heads: int = 8
+    """Attention heads of every decoder attention; must divide dim."""
+    mlp_ratio: float = 4.0
+    """MLP hidden width as a multiple of dim."""
+    max_len: int | None = None
+    """Longest caption (tokens) the decoder reads; null: model.text.max_len."""
+    attention_backend: str | None = None
+    """kernels.attention backend of the decoder (triton, xformers, sdpa, eager); null lets it choose (sdpa)."""
+
+
+def build_caption_decoder(cfg: CaptionDecoderConfig, *, vocab_size: int, text_dim: int, text_max_len: int,
+                          image_dim: int) -> CaptionDecoder:
+    """The decoder a ModelConfig asks for, sized from the towers where the config leaves a field null."""
+    return CaptionDecoder(vocab_size=vocab_size, dim=cfg.dim or text_dim, depth=cfg.depth, num_heads=cfg.num_heads,
+                          max_len=cfg.max_len or text_max_len, backend=cfg.attention_backend, image_dim=image_dim,
+                          mlp_ratio=cfg.mlp_ratio)

