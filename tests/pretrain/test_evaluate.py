@@ -17,6 +17,7 @@ import torch
 from pretrain.evaluate import DR_GRADES, EvalConfig, class_order, class_prompts, cli_main, score_dataset, \
     stratified_split
 from shards.knowledge import load_knowledge
+from tests.helpers import shard_captions
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_YAML = REPO / "pretrain" / "configs" / "tiny_cpu.yaml"
@@ -176,17 +177,25 @@ def test_eval_cli_end_to_end_writes_metrics_and_report(trained):
     assert "kappa" in dr["zero_shot"]
     assert "kappa" not in metrics["datasets"]["SYNTH_GLAUCOMA"]["zero_shot"]
     for d in metrics["datasets"].values():
-        c = len(d["classes"])
-        assert np.array(d["zero_shot"]["confusion_matrix"]).shape == (c, c)
-        assert np.array(d["zero_shot"]["confusion_matrix"]).sum() == d["n"]
-        for key in ("aca", "macro_f1", "auc"):
-            assert 0.0 <= d["zero_shot"][key] <= 1.0
+        c, zs = len(d["classes"]), d["zero_shot"]
+        cm = np.array(zs["confusion_matrix"])
+        assert cm.shape == (c, c) and cm.sum() == d["n"]
+        # ACA and macro-F1 agree with the confusion matrix (rows: true classes): the mean recall over the
+        # classes present, and the mean of 2 TP / (2 TP + FP + FN) over the classes true or predicted
+        true, predicted = cm.sum(axis=1), cm.sum(axis=0)
+        assert zs["aca"] == pytest.approx(np.mean(cm.diagonal()[true > 0] / true[true > 0]))
+        used = (true + predicted) > 0
+        assert zs["macro_f1"] == pytest.approx(np.mean(2 * cm.diagonal()[used] / (true + predicted)[used]))
+        assert 0.0 <= zs["auc"] <= 1.0
         assert sorted(d["k_shot"]) == ["1", "2"]
     retrieval = metrics["retrieval"]
-    assert retrieval["split"] == "val" and retrieval["n"] >= 2
-    for key in ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10"):
-        assert 0.0 <= retrieval[key] <= 1.0
-    assert retrieval["i2t_R@1"] <= retrieval["i2t_R@5"] <= retrieval["i2t_R@10"]
+    n = retrieval["n"]
+    assert retrieval["split"] == "val" and n == len(shard_captions(trained["elite"], "val")) == 7
+    for direction in ("i2t", "t2i"):
+        recalls = [retrieval[f"{direction}_R@{k}"] for k in (1, 5, 10)]
+        hits = [r * n for r in recalls]  # each R@K is a share of the n queries
+        assert hits == pytest.approx([round(h) for h in hits]), (direction, recalls)
+        assert recalls == sorted(recalls) and recalls[-1] == 1.0  # n <= 10: every true item is in the top 10
 
     report = (out / "report.md").read_text()
     for needle in ("ACA", "macro-F1", "AUC", "kappa", "R@1", "k-shot", "final loss", "loss.png",

@@ -15,7 +15,7 @@ from torch import nn
 from pretrain.model import CaptionDecoderConfig, build_model
 from pretrain.objectives import OBJECTIVES, FlairObjective, build_objective, weighted_total
 from pretrain.objectives.keepfit_v2 import KeepFITV2Objective, caption_loss
-from tests.helpers import run_ranks, tiny_model_config
+from tests.helpers import run_ranks, shard_captions, tiny_model_config
 
 PX = 64
 CAPTIONS = ["drusen near the macula", "normal fundus", "optic disc cupping in the right eye",
@@ -227,7 +227,7 @@ def test_stage1_then_stage2_through_the_cli_then_caption_metrics(tiny_shards, tm
     import re
     import subprocess
 
-    from pretrain.captioning import evaluate_captions
+    from pretrain.captioning import corpus_bleu, evaluate_captions, rouge_l
     from pretrain.evaluate import load_run_model
 
     repo = Path(__file__).resolve().parents[2]
@@ -254,6 +254,14 @@ def test_stage1_then_stage2_through_the_cli_then_caption_metrics(tiny_shards, tm
     assert len(steps) == 2 and all(math.isfinite(float(v)) for row in steps for v in row), out
     model, tokenizer, _ = load_run_model(run_dir)
     assert model.caption_decoder.num_heads == 2
-    metrics = evaluate_captions(model, tokenizer, elite, split="train", batch_size=8, max_len=6)
-    assert metrics["n"] == 9 and len(metrics["examples"]) == 5
-    assert 0.0 <= metrics["bleu4"] <= 1.0 and 0.0 <= metrics["rouge_l"] <= 1.0
+    captions = shard_captions(elite, "train")
+    metrics = evaluate_captions(model, tokenizer, elite, split="train", batch_size=8, max_len=6,
+                                examples=len(captions))
+    # every captioned image of the split once, against its own caption from the shards
+    examples = metrics["examples"]
+    assert metrics["n"] == len(examples) == len(captions) == 9
+    assert {e["key"]: e["reference"] for e in examples} == captions
+    # the reported scores are those of the generated captions it returns
+    generated, references = [e["generated"] for e in examples], [e["reference"] for e in examples]
+    assert metrics["bleu4"] == pytest.approx(corpus_bleu(generated, references))
+    assert metrics["rouge_l"] == pytest.approx(rouge_l(generated, references))
