@@ -17,14 +17,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from pretrain.engine import free_port
 from shards.build import BuildConfig, build
-from shards.synth import synthesize
 
 # Generous limits: on a fresh 2-core CI machine the first job also compiles DeepSpeed's CPU comm op.
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.multiproc, pytest.mark.timeout(1500)]
@@ -64,21 +65,12 @@ def ray_cluster():
 
 
 @pytest.fixture(scope="module")
-def sets(ray_cluster) -> dict[str, Path]:
-    root = ray_cluster["root"]
-    data = root / "data"
-    synthesize(data, public=40, elite=16, eval=0, seed=0, image_size=64, progress=False)
-    frames = sorted((data / "dataframes" / "pretraining").glob("9*_SYNTH_*.csv"))
-    out = {"data": data, "public": root / "public", "elite": root / "elite",
-           "public_sources": [f"flair:{f}:{data / 'images'}" for f in frames]}
-    build(BuildConfig(out=out["public"], sources=out["public_sources"], shard_size=10, image_size=64, workers=1,
-                      progress=False))
-    build(BuildConfig(out=out["elite"], sources=[f"mm-retinal:{data / 'images' / 'MM-Retinal'}"], shard_size=8,
-                      image_size=64, workers=1, progress=False))
-    return out
+def sets(tiny_shards) -> Mapping[str, Any]:
+    """The session's tiny shard sets (tests/conftest.py): 40 public images in 4 train shards, 16 elite ones."""
+    return tiny_shards
 
 
-def train_args(sets: dict, run: Path, steps: int, save_every: int) -> list[str]:
+def train_args(sets: Mapping[str, Any], run: Path, steps: int, save_every: int) -> list[str]:
     return ["--config", DEMO_YAML, "--run.dir", str(run), "--data.public", str(sets["public"]), "--data.elite",
             str(sets["elite"]), "--run.steps", str(steps), "--run.save_every", str(save_every), *TINY]
 
@@ -171,12 +163,12 @@ def test_plain_ray_job_submit_runs_the_entrypoint(ray_cluster):
 
 def test_ray_built_shards_are_byte_identical(ray_cluster, sets, tmp_path):
     out = ray_cluster["root"] / "shards-out"  # the same folder for both builds: index.json records it
-    cfg = BuildConfig(out=out, sources=sets["public_sources"], shard_size=7, image_size=64, workers=1,
+    cfg = BuildConfig(out=out, sources=list(sets["sources"]["public"]), shard_size=7, image_size=64, workers=1,
                       progress=False)
     build(cfg)
     local = tmp_path / "local"
     shutil.move(str(out), local)
-    sources = [arg for s in sets["public_sources"] for arg in ("--source", s)]
+    sources = [arg for s in sets["sources"]["public"] for arg in ("--source", s)]
     sh([*ray_cluster["cli"], "shards", "--out", str(out), *sources, "--shard-size", "7", "--image-size", "64",
         "--workers", "1", "--tasks", "2", "--address", ray_cluster["gcs"]], ray_cluster["env"])
     files = sorted(p.relative_to(local) for p in local.rglob("*") if p.is_file())

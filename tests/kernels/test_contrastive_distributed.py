@@ -4,27 +4,20 @@ float64 single-process loss on the concatenated batch, for values and gradients,
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from open_clip.loss import ClipLoss
 
 from kernels import contrastive_loss, distributed_contrastive_loss
 from kernels.contrastive import LossOptions, reference_contrastive_loss
+from tests.helpers import run_ranks
 from tests.kernels.contrastive_cases import embeddings, labels_for
 
 pytestmark = pytest.mark.multiproc
 
 WORLD, LOCAL, DIM = 2, 23, 40
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 CASES = {
@@ -69,48 +62,45 @@ def single_process_reference(case: str):
     return loss.detach().float(), image.grad.float(), text.grad.float(), scale.grad.float()
 
 
-def worker(rank: int, port: int, case: str, backend: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
-    try:
-        image, text, labels, queues = global_batch(case)
-        rows = slice(rank * LOCAL, (rank + 1) * LOCAL)
-        local_labels = None if labels is None else labels[rows]
+def worker(rank: int, world: int, case: str, backend: str) -> None:
+    dist.init_process_group("gloo", rank=rank, world_size=world)  # the address: run_ranks' environment
+    image, text, labels, queues = global_batch(case)
+    rows = slice(rank * LOCAL, (rank + 1) * LOCAL)
+    local_labels = None if labels is None else labels[rows]
 
-        def run(loss_fn):
-            img, txt, scale = leaf(image[rows]), leaf(text[rows]), torch.tensor(20.0, requires_grad=True)
-            loss = loss_fn(img, txt, scale)
-            loss.backward()
-            return loss.detach(), img.grad, txt.grad, scale.grad
+    def run(loss_fn):
+        img, txt, scale = leaf(image[rows]), leaf(text[rows]), torch.tensor(20.0, requires_grad=True)
+        loss = loss_fn(img, txt, scale)
+        loss.backward()
+        return loss.detach(), img.grad, txt.grad, scale.grad
 
-        ours = run(lambda i, t, s: distributed_contrastive_loss(i, t, s, labels=local_labels, chunk_size=8,
-                                                                backend=backend, **CASES[case][1], **queues))
-        if case == "identity":
-            # same per-rank loss and embedding gradients; the scale's per-rank shares differ, their sum does not
-            clip = ClipLoss(local_loss=True, gather_with_grad=True, rank=rank, world_size=WORLD)
-            theirs = run(lambda i, t, s: clip(i, t, s))
-            for mine, ref in zip(ours[:3], theirs[:3]):
-                torch.testing.assert_close(mine, ref, atol=1e-6, rtol=1e-5)
-            scales = torch.stack([ours[3], theirs[3]])
-            dist.all_reduce(scales)
-            torch.testing.assert_close(scales[0], scales[1], atol=1e-6, rtol=1e-5)
+    ours = run(lambda i, t, s: distributed_contrastive_loss(i, t, s, labels=local_labels, chunk_size=8,
+                                                            backend=backend, **CASES[case][1], **queues))
+    if case == "identity":
+        # same per-rank loss and embedding gradients; the scale's per-rank shares differ, their sum does not
+        clip = ClipLoss(local_loss=True, gather_with_grad=True, rank=rank, world_size=world)
+        theirs = run(lambda i, t, s: clip(i, t, s))
+        for mine, ref in zip(ours[:3], theirs[:3]):
+            torch.testing.assert_close(mine, ref, atol=1e-6, rtol=1e-5)
+        scales = torch.stack([ours[3], theirs[3]])
+        dist.all_reduce(scales)
+        torch.testing.assert_close(scales[0], scales[1], atol=1e-6, rtol=1e-5)
 
-        # averaged over ranks (what DDP does to gradients), the local losses are the global loss
-        loss, g_image, g_text, g_scale = ours
-        full = single_process_reference(case)
-        mean_loss = loss.clone()
-        dist.all_reduce(mean_loss)
-        dist.all_reduce(g_scale)
-        torch.testing.assert_close(mean_loss / WORLD, full[0], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(g_scale / WORLD, full[3], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(g_image / WORLD, full[1][rows], atol=1e-6, rtol=1e-4)
-        torch.testing.assert_close(g_text / WORLD, full[2][rows], atol=1e-6, rtol=1e-4)
-    finally:
-        dist.destroy_process_group()
+    # averaged over ranks (what DDP does to gradients), the local losses are the global loss
+    loss, g_image, g_text, g_scale = ours
+    full = single_process_reference(case)
+    mean_loss = loss.clone()
+    dist.all_reduce(mean_loss)
+    dist.all_reduce(g_scale)
+    torch.testing.assert_close(mean_loss / world, full[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(g_scale / world, full[3], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(g_image / world, full[1][rows], atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(g_text / world, full[2][rows], atol=1e-6, rtol=1e-4)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_two_gloo_ranks_match_open_clip_and_single_process(case):
-    mp.spawn(worker, args=(free_port(), case, "chunked"), nprocs=WORLD, join=True)
+    run_ranks(worker, WORLD, case, "chunked")
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="the ranks hold CPU tensors: needs the "
@@ -119,7 +109,7 @@ def test_two_gloo_ranks_match_open_clip_and_single_process(case):
 def test_two_gloo_ranks_with_the_triton_kernels(case):
     """The Triton stripe kernels (in the interpreter without a GPU, as the spawned ranks inherit
     TRITON_INTERPRET from tests/kernels/conftest.py) under the same checks."""
-    mp.spawn(worker, args=(free_port(), case, "triton"), nprocs=WORLD, join=True)
+    run_ranks(worker, WORLD, case, "triton")
 
 
 def test_not_distributed_is_the_plain_loss():

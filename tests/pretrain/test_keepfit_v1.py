@@ -12,10 +12,9 @@ import torch.nn.functional as F
 
 from kernels import contrastive_loss
 from pretrain.model import add_auxiliary, build_model
-from pretrain.towers import offline_minilm_path
 from pretrain.objectives import build_objective
 from pretrain.objectives.keepfit_v1 import KeepFITV1Objective, RevisionAttention
-from tests.helpers import tiny_model_config
+from tests.helpers import run_ranks, tiny_model_config
 
 
 def _identity(attn: RevisionAttention) -> None:
@@ -52,13 +51,6 @@ def test_revision_attention_heads_match_a_loop():
         heads.append(weights @ V[:, cols])
     expected = torch.cat(heads, dim=1) @ attn.out_proj.weight.double().T
     torch.testing.assert_close(attn(q, k, v).double(), expected, rtol=1e-5, atol=1e-6)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(offline_minilm_path())
 
 
 def _batch(tokenizer, captions, categories, seed, keys=None) -> dict:
@@ -140,25 +132,12 @@ def test_offline_variant_pulls_toward_attached_caption(tokenizer, pair, tmp_path
 STEPS = 6
 
 
-def _worker(rank: int, world: int, port: int, stages: tuple[int, ...], out_dir: str) -> None:
-    import os
-    import sys
-    from pathlib import Path
-
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), DS_ACCELERATOR="cpu", HF_HUB_OFFLINE="1")
-    torch.set_num_threads(1)
-    from transformers import AutoTokenizer
-
+def _worker(rank: int, world: int, stages: tuple[int, ...], pairs: list[tuple[dict, dict]]) -> dict:
     from pretrain.engine import EngineConfig, build_engine, init_distributed_env, train_step
     from pretrain.objectives import weighted_total
 
     init_distributed_env()
-    tokenizer = AutoTokenizer.from_pretrained(offline_minilm_path())
-    public = _batch(tokenizer, ["a fundus photograph of drusen", "a fundus photograph of glaucoma",
-                                "a fundus photograph of drusen", "a fundus photograph of normal"], [1, 2, 1, 0],
-                    seed=rank)
-    elite = _batch(tokenizer, ["drusen scattered at the posterior pole", "cupped optic disc"], [1, 2], seed=10 + rank)
+    public, elite = pairs[rank]
     result = {}
     for stage in stages:
         torch.manual_seed(0)
@@ -173,23 +152,17 @@ def _worker(rank: int, world: int, port: int, stages: tuple[int, ...], out_dir: 
             return {"loss": weighted_total(terms, {}), **terms}
 
         result[stage] = [train_step(engine, loss_fn, (public, elite)) for _ in range(STEPS)]
-    torch.save(result, Path(out_dir) / f"result{rank}.pt")
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)  # as tests/pretrain/test_engine.py: skip a rare ZeRO-3 gloo abort at interpreter teardown
+    return result
 
 
-def test_two_processes_zero0_2_3_train(tmp_path):
-    import torch.multiprocessing as mp
-
-    from pretrain.engine import free_port
-
+def test_two_processes_zero0_2_3_train(tokenizer):
     stages = (0, 2, 3)
-    mp.spawn(_worker, args=(2, free_port(), stages, str(tmp_path)), nprocs=2, join=True)
-    for rank in range(2):
-        result = torch.load(tmp_path / f"result{rank}.pt", weights_only=False)
+    pairs = [(_batch(tokenizer, ["a fundus photograph of drusen", "a fundus photograph of glaucoma",
+                                 "a fundus photograph of drusen", "a fundus photograph of normal"], [1, 2, 1, 0],
+                     seed=rank),
+              _batch(tokenizer, ["drusen scattered at the posterior pole", "cupped optic disc"], [1, 2],
+                     seed=10 + rank)) for rank in range(2)]
+    for result in run_ranks(_worker, 2, stages, pairs):
         for stage in stages:
             steps = result[stage]
             assert all(math.isfinite(v) for terms in steps for v in terms.values()), (stage, steps)

@@ -11,7 +11,6 @@ from kernels.contrastive import LossOptions, reference_contrastive_loss
 from pretrain.model import RetinaCLIP, build_model
 from pretrain.objectives import (OBJECTIVES, ClipObjective, FlairObjective, build_objective, embed,
                                  merge_batches, weighted_total)
-from pretrain.towers import offline_minilm_path
 from tests.helpers import tiny_model_config
 
 PX = 64
@@ -24,13 +23,6 @@ CATEGORIES = [0, 1, 0, 2, -1, 3]  # a repeated class and one sample without a cl
 def model() -> RetinaCLIP:
     torch.manual_seed(0)
     return build_model(tiny_model_config()).eval()  # eval: no dropout, so repeated forwards agree
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(offline_minilm_path())
 
 
 def make_batch(tokenizer, captions=CAPTIONS, categories=CATEGORIES, seed: int = 0, max_length: int = 16) -> dict:

