@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["DEFAULT_DASHBOARD_PORT", "DEFAULT_GCS_PORT", "default_temp_dir", "down", "enable_token_auth",
+__all__ = ["DEFAULT_DASHBOARD_PORT", "DEFAULT_GCS_PORT", "cluster_pids", "default_temp_dir", "down", "enable_token_auth",
            "ensure_token", "read_state", "up"]
 
 DEFAULT_GCS_PORT = 6379
@@ -119,7 +119,7 @@ def _wait_for_job_server(url: str, timeout: float = 60.0) -> None:
             time.sleep(1.0)
 
 
-def _cluster_pids(temp_dir: Path) -> list[int]:
+def cluster_pids(temp_dir: Path) -> list[int]:
     """Processes whose command line names this cluster's temp folder (GCS, raylet, dashboard, workers) or, for
     the Ray client server (which `ray start` leaves orphaned and which names neither), its GCS port."""
     import psutil
@@ -150,7 +150,7 @@ def down(temp_dir: Path | None = None, grace: float = 10.0) -> int:
     import psutil
 
     temp_dir = Path(temp_dir or default_temp_dir()).resolve()
-    pids = _cluster_pids(temp_dir)
+    pids = cluster_pids(temp_dir)
     procs = []
     for pid in pids:
         try:

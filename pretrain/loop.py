@@ -194,13 +194,14 @@ class TrainingLoop:
         elapsed = max(time.perf_counter() - window.start, 1e-9)
         scalars = {k: float(np.mean(v)) for k, v in window.terms.items()}
         scalars["lr"] = float(self.optimizer.param_groups[0]["lr"])
-        scalars.update(extra() if extra is not None else {})
+        extras = extra() if extra is not None else {}
+        scalars.update(extras)
         scalars["samples_per_s"] = window.samples / elapsed
         scalars["mem_mib"] = _peak_mem_mib(device)
         scalars["data_skipped"] = _sum_over_ranks(sum(window.skips_by_worker.values()), device)
         if self.rank == 0:
             parts = [f"step {step}"] + [f"{k} {scalars[k]:.4f}" for k in window.terms]
-            parts += [f"lr {scalars['lr']:.3e}"] + [f"{k} {v:.2f}" for k, v in (extra() if extra else {}).items()]
+            parts += [f"lr {scalars['lr']:.3e}"] + [f"{k} {v:.2f}" for k, v in extras.items()]
             parts += [f"samples/s {scalars['samples_per_s']:.1f}", f"mem {scalars['mem_mib']:.0f} MiB",
                       f"data skipped {scalars['data_skipped']:.0f}"]
             print(" | ".join(parts), flush=True)

@@ -159,7 +159,7 @@ def _l2_normalise(x: np.ndarray) -> np.ndarray:
 TIE_TOLERANCE = 1e-9
 
 
-def _recall_from_similarity(sim: np.ndarray, ks: Sequence[int]) -> dict[int, float]:
+def recall_from_similarity(sim: np.ndarray, ks: Sequence[int]) -> dict[int, float]:
     """R@K for queries in rows whose true match is the diagonal entry.
 
     rank_i = #{j != i : sim[i, j] >= sim[i, i] - TIE_TOLERANCE}: ties count against the true item, so a
@@ -190,8 +190,8 @@ def retrieval_recall_at_k(
     if any(k < 1 for k in ks):
         raise ValueError(f"every K must be >= 1, got {tuple(ks)}")
     sim = _l2_normalise(img) @ _l2_normalise(txt).T
-    i2t = _recall_from_similarity(sim, ks)
-    t2i = _recall_from_similarity(sim.T, ks)
+    i2t = recall_from_similarity(sim, ks)
+    t2i = recall_from_similarity(sim.T, ks)
     out = {f"i2t_R@{k}": i2t[k] for k in ks}
     out.update({f"t2i_R@{k}": t2i[k] for k in ks})
     return out

@@ -78,10 +78,10 @@ def train_args(sets: Mapping[str, Any], run: Path, steps: int, save_every: int) 
 def _train_worker_pids(ray_cluster) -> list[int]:
     import psutil
 
-    from cluster.local import _cluster_pids
+    from cluster.local import cluster_pids
 
     pids = []
-    for pid in _cluster_pids((ray_cluster["root"] / "ray").resolve()):
+    for pid in cluster_pids((ray_cluster["root"] / "ray").resolve()):
         try:
             if "RayTrainWorker" in " ".join(psutil.Process(pid).cmdline()):
                 pids.append(pid)

@@ -126,14 +126,14 @@ def test_recall_identical_embeddings_and_constant_similarity():
 
 def test_recall_ties_survive_rounding_noise():
     """Equal similarities that differ in their last bits (another BLAS, another summation order) still tie."""
-    from pretrain.metrics import _recall_from_similarity
+    from pretrain.metrics import recall_from_similarity
 
     gen = np.random.default_rng(0)
     sim = np.full((13, 13), 0.5) + gen.uniform(-1e-13, 1e-13, size=(13, 13))
     np.fill_diagonal(sim, 0.5 + 1e-13)  # the true item a hair ahead of every other: still a tie, ranked last
-    assert _recall_from_similarity(sim, (1, 12, 13)) == {1: 0.0, 12: 0.0, 13: 1.0}
+    assert recall_from_similarity(sim, (1, 12, 13)) == {1: 0.0, 12: 0.0, 13: 1.0}
     sim[np.arange(13), (np.arange(13) + 1) % 13] = 0.4  # one clearly worse item per row: ranked 12th of 13
-    assert _recall_from_similarity(sim, (1, 11, 12)) == {1: 0.0, 11: 0.0, 12: 1.0}
+    assert recall_from_similarity(sim, (1, 11, 12)) == {1: 0.0, 11: 0.0, 12: 1.0}
 
 
 def test_recall_hand_case():
