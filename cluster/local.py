@@ -24,8 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["DEFAULT_DASHBOARD_PORT", "DEFAULT_GCS_PORT", "cluster_pids", "default_temp_dir", "down", "enable_token_auth",
-           "ensure_token", "read_state", "up"]
+__all__ = ["DEFAULT_DASHBOARD_PORT", "DEFAULT_GCS_PORT", "cluster_pids", "default_temp_dir", "down",
+           "enable_token_auth", "ensure_token", "read_state", "up"]
 
 DEFAULT_GCS_PORT = 6379
 DEFAULT_DASHBOARD_PORT = 8265
