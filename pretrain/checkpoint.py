@@ -5,7 +5,8 @@
     RUN_DIR/checkpoints/latest             the tag of the newest COMPLETE checkpoint
 
 `latest`: DeepSpeed (0.19.8) writes it itself with a plain open/write on rank 0, which a crash can leave
-empty or half-written. We pass save_latest=False and write it ourselves atomically (shards.atomic: fsync, rename, fsync the folder), after a barrier
+empty or half-written. We pass save_latest=False and write it ourselves atomically (shards.atomic: fsync,
+rename, fsync the folder), after a barrier
 that follows every rank's save, so `latest` only ever names a finished checkpoint.
 
 client_state holds the step, the caller's extras and the RNG states of EVERY rank (gathered to one list):

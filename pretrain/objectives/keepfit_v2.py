@@ -102,7 +102,8 @@ class KeepFITV2Objective(Objective):
 
 # objective option -> model.caption_decoder field, for configs written before the decoder became a model option
 MOVED_OPTIONS = {"decoder_dim": "dim", "decoder_depth": "depth", "decoder_heads": "num_heads",
-                 "decoder_mlp_ratio": "mlp_ratio", "decoder_max_len": "max_len", "attention_backend": "attention_backend"}
+                 "decoder_mlp_ratio": "mlp_ratio", "decoder_max_len": "max_len",
+                 "attention_backend": "attention_backend"}
 
 
 def _moved_options_message(moved: dict[str, Any]) -> str:
