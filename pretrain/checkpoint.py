@@ -6,8 +6,8 @@
 
 `latest`: DeepSpeed (0.19.8) writes it itself with a plain open/write on rank 0, which a crash can leave
 empty or half-written. We pass save_latest=False and write it ourselves atomically (shards.atomic: fsync,
-rename, fsync the folder), after a barrier
-that follows every rank's save, so `latest` only ever names a finished checkpoint.
+rename, fsync the folder), after a barrier that follows every rank's save, so `latest` only ever names a
+finished checkpoint.
 
 client_state holds the step, the caller's extras and the RNG states of EVERY rank (gathered to one list):
 DeepSpeed stores client_state only in data-parallel rank 0's file, so per-rank RNG would otherwise be lost.

@@ -10,8 +10,8 @@ that builds the exported architecture (timm name, image size and kwargs; a text 
 transformers config, `random_init` with the config in `config_overrides`, tokenizer from DIR) and whose
 `model.init_from` is DIR, so build_model loads DIR/model.safetensors into it (pretrain.model.ModelConfig.
 init_from, pretrain.init_weights.load_init_weights). data.image_size and data.max_text_len follow the export.
-DIR is written as given: a relative DIR is relative to where training will be started. The run starts from the exported
-weights with a fresh optimizer and schedule (it is not a resume).
+DIR is written as given: a relative DIR is relative to where training will be started. The run starts from the
+exported weights with a fresh optimizer and schedule (it is not a resume).
 
 `--vision-only` / `--text-only` write the same folders as `export-hf --vision-only/--text-only`, from an
 export instead of a checkpoint.
