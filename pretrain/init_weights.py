@@ -52,14 +52,9 @@ def load_init_weights(model: nn.Module, path: str | Path) -> None:
             log.warning("model.init_from: %d caption_decoder tensors skipped (the model has no caption decoder)",
                         len(skipped))
         weights = {k: v for k, v in weights.items() if not k.startswith(DECODER_PREFIX)}
-    missing = sorted(set(own) - set(weights))
-    unexpected = sorted(set(weights) - set(own))
-    shapes = [f"{k} {tuple(weights[k].shape)} vs {tuple(own[k].shape)}" for k in own
-              if k in weights and weights[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        parts = [f"model.init_from {str(path)!r} does not match the configured model:"]
-        for title, items in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)):
-            if items:
-                parts.append(f"{title}: {', '.join(items[:8])}{' ...' if len(items) > 8 else ''}")
-        raise HFImportError(" ".join(parts))
-    model.load_state_dict(weights, strict=True)
+    from pretrain.state_dicts import StateMismatchError, load_state_strict
+
+    try:
+        load_state_strict(model, weights, f"model.init_from {str(path)!r}")
+    except StateMismatchError as err:
+        raise HFImportError(str(err)) from None

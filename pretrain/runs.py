@@ -69,24 +69,6 @@ def _train_config(config_path: Path) -> Any:
         raise RunLoadError(f"{config_path}: {err}") from None
 
 
-def load_state_strict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], what: str) -> None:
-    """load_state_dict(strict=True) with an error that lists the mismatching keys and shapes."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    shapes = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs config {tuple(own[k].shape)}"
-              for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        lines = [f"the config does not match the weights ({what})"]
-        for title, items in (("missing in the checkpoint", missing), ("not in the model", unexpected),
-                             ("shape mismatch", shapes)):
-            if items:
-                more = f" ... and {len(items) - 8} more" if len(items) > 8 else ""
-                lines.append(f"  {title}: {', '.join(items[:8])}{more}")
-        raise RunLoadError("\n".join(lines))
-    model.load_state_dict(state_dict, strict=True)
-
-
 def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, *, config: str | Path | None = None,
              device: str | torch.device = "cpu") -> LoadedRun:
     """The model, tokenizer and config of a run (see the module doc). run_dir: the run folder, or any checkpoint
@@ -97,6 +79,7 @@ def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, *, confi
     from pretrain.checkpoint import find_run_config, resolve_checkpoint
     from pretrain.consolidate import load_model_state_dict
     from pretrain.model import build_model, without_auxiliary
+    from pretrain.state_dicts import StateMismatchError, load_state_strict
 
     try:
         where = Path(checkpoint if checkpoint is not None else run_dir)
@@ -108,7 +91,10 @@ def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, *, confi
         raise RunLoadError(str(err)) from None
     model_cfg = inference_model_config(train_cfg.model)
     model = build_model(model_cfg)
-    load_state_strict(model, state, f"{tag_dir} against {config_path}")
+    try:
+        load_state_strict(model, state, f"{tag_dir} against {config_path}")
+    except StateMismatchError as err:
+        raise RunLoadError(str(err)) from None
     tokenizer = AutoTokenizer.from_pretrained(model_cfg.text.name_or_path)
     return LoadedRun(model=model.to(device).eval(), tokenizer=tokenizer, config=train_cfg, checkpoint=tag_dir,
                      config_path=config_path)

@@ -129,11 +129,11 @@ def build_hf_config(cfg: Any, decoder: dict[str, Any] | None = None) -> Any:
 
 
 def _load_state(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], what: str) -> None:
-    from pretrain.runs import RunLoadError, load_state_strict
+    from pretrain.state_dicts import StateMismatchError, load_state_strict
 
     try:
         load_state_strict(model, state_dict, what)
-    except RunLoadError as err:
+    except StateMismatchError as err:
         raise ExportError(str(err)) from None
 
 
