@@ -7,17 +7,22 @@
 `latest`: DeepSpeed (0.19.8) writes it itself with a plain open/write on rank 0, which a crash can leave
 empty or half-written. We pass save_latest=False and write it ourselves atomically (shards.atomic: fsync,
 rename, fsync the folder), after a barrier that follows every rank's save, so `latest` only ever names a
-finished checkpoint.
+finished checkpoint. Before `latest` moves, rank 0 writes the tag's manifest.json (size and sha256 of every
+file; pretrain.checkpoint_files).
+
+Resuming never trusts a file: the tag is verified first (manifest, then every *.pt read with
+torch.load(weights_only=True) and a three-class allow-list) and only then handed to DeepSpeed, whose own loader
+unpickles with weights_only=False. With `run.resume: auto` a tag that fails is skipped, with a warning naming
+the file, for the newest older tag that verifies; an explicit checkpoint that fails is an error.
 
 client_state holds the step, the caller's extras and the RNG states of EVERY rank (gathered to one list):
 DeepSpeed stores client_state only in data-parallel rank 0's file, so per-rank RNG would otherwise be lost.
-We never call torch.load ourselves; DeepSpeed 0.19.8 loads its own files with torch.load(weights_only=False)
-(its checkpoint engine's choice, since its files hold optimizer objects). The RNG states are kept to plain
-Python containers and tensors, so they would also load under weights_only=True.
+The RNG states are kept to plain Python containers and tensors, so they load under weights_only=True.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 from typing import Any
@@ -26,7 +31,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from pretrain.checkpoint_files import CheckpointError, verify_checkpoint, write_manifest
 from pretrain.config import save_config
+from pretrain.engine import parameters_finite
 from shards.atomic import atomic_write
 
 __all__ = ["CHECKPOINT_DIR", "CheckpointError", "find_run_config", "get_rng_state", "load_checkpoint",
@@ -34,9 +41,7 @@ __all__ = ["CHECKPOINT_DIR", "CheckpointError", "find_run_config", "get_rng_stat
 
 CHECKPOINT_DIR = "checkpoints"
 
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read (missing, incomplete, corrupted, or holding unexpected pickles)."""
+log = logging.getLogger("pretrain.checkpoint")
 
 
 def step_tag(step: int) -> str:
@@ -102,8 +107,9 @@ def save_checkpoint(engine: Any, run_dir: str | Path, step: int, extra: dict[str
     tag = step_tag(step)
     client_state = {**(extra or {}), "step": step, "rng": _all_rng_states()}
     engine.save_checkpoint(str(save_dir), tag=tag, client_state=client_state, save_latest=False)
-    _barrier()  # every rank's shards are on disk before `latest` may name them
+    _barrier()  # every rank's shards are on disk before the manifest lists them and `latest` names them
     if _rank() == 0:
+        write_manifest(save_dir / tag)
         atomic_write(save_dir / "latest", tag)
     _barrier()
     return save_dir / tag
@@ -146,16 +152,33 @@ def find_run_config(checkpoint: str | Path) -> Path:
 
 
 def resolve_resume(run_dir: str | Path, resume: str | Path | None) -> Path | None:
-    """The tag folder to resume from, or None to start fresh.
+    """The verified tag folder to resume from, or None to start fresh.
 
-    "auto": RUN_DIR/checkpoints/latest if it exists, else fresh. None or "none": fresh. A path: anything
-    resolve_checkpoint takes (a tag folder, a checkpoints folder with `latest`, a run folder)."""
+    "auto": RUN_DIR/checkpoints/latest, or, when it fails verification, the newest older tag that passes (with
+    a warning naming what failed); fresh when there is no checkpoint; a CheckpointError naming every failure
+    when none passes. None or "none": fresh. A path: anything resolve_checkpoint takes, which must verify."""
     if resume is None or str(resume) == "none":
         return None
-    if str(resume) == "auto":
-        latest = Path(run_dir) / CHECKPOINT_DIR / "latest"
-        return resolve_checkpoint(run_dir) if latest.is_file() else None
-    return resolve_checkpoint(resume)
+    if str(resume) != "auto":
+        tag_dir = resolve_checkpoint(resume)
+        verify_checkpoint(tag_dir)
+        return tag_dir
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    if not (folder / "latest").is_file():
+        return None
+    latest = resolve_checkpoint(run_dir)
+    candidates = [latest] + sorted((d for d in folder.glob("step*") if d.is_dir() and d.name < latest.name),
+                                   reverse=True)
+    failures = []
+    for tag_dir in candidates:
+        try:
+            verify_checkpoint(tag_dir)
+        except CheckpointError as err:
+            failures.append(str(err))
+            log.warning("checkpoint %s fails verification, trying an older one: %s", tag_dir.name, err)
+            continue
+        return tag_dir
+    raise CheckpointError(f"no checkpoint under {str(folder)!r} passes verification: " + "; ".join(failures))
 
 
 def load_checkpoint(engine: Any, run_dir: str | Path, resume: str | Path | None = "auto") -> dict[str, Any] | None:
@@ -169,6 +192,9 @@ def load_checkpoint(engine: Any, run_dir: str | Path, resume: str | Path | None 
                                                 load_lr_scheduler_states=True)
     if path is None:
         raise RuntimeError(f"DeepSpeed could not load checkpoint {tag!r} from {str(load_dir)!r}")
+    if not parameters_finite(engine.module):
+        raise CheckpointError(f"{str(tag_dir)!r}: the loaded weights hold NaN or inf; training from them would skip "
+                              "every step (resume from an earlier checkpoint with --run.resume PATH)")
     client_state = dict(client_state)
     rng = client_state.pop("rng", None)
     if rng:

@@ -34,8 +34,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
-import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -43,6 +41,7 @@ from typing import Any
 import torch
 
 from pretrain.checkpoint import CheckpointError, find_run_config, resolve_checkpoint
+from pretrain.checkpoint_files import SAFE_DEEPSPEED_GLOBALS, safe_load, verify_checkpoint
 
 __all__ = ["CheckpointError", "SAFE_DEEPSPEED_GLOBALS", "find_run_config", "load_model_state_dict",
            "resolve_checkpoint", "safe_load"]
@@ -50,40 +49,6 @@ __all__ = ["CheckpointError", "SAFE_DEEPSPEED_GLOBALS", "find_run_config", "load
 log = logging.getLogger("pretrain.consolidate")
 
 ZERO0_MODEL_FILE = "mp_rank_00_model_states.pt"
-SAFE_DEEPSPEED_GLOBALS = (
-    "deepspeed.runtime.zero.config.ZeroStageEnum",
-    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
-    "deepspeed.utils.tensor_fragment.fragment_address",
-)
-
-
-def _safe_globals() -> list[Any]:
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # as pretrain.engine: no accelerator-detection warning
-    from deepspeed.runtime.fp16.loss_scaler import LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    from deepspeed.utils.tensor_fragment import fragment_address
-
-    return [ZeroStageEnum, LossScaler, fragment_address]
-
-
-def safe_load(path: str | Path, allow_deepspeed: bool = True) -> Any:
-    """torch.load(path, weights_only=True) on the CPU, with the DeepSpeed classes above allowed; any failure is a
-    CheckpointError naming the file (truncated archive, a global outside the allow-list, ...)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"missing checkpoint file {str(path)!r}")
-    try:
-        if allow_deepspeed:
-            with torch.serialization.safe_globals(_safe_globals()):
-                return torch.load(path, map_location="cpu", weights_only=True)
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(f"refusing {str(path)!r}: it does not load with torch.load(weights_only=True) "
-                              f"({str(err).splitlines()[0]})") from err
-    except Exception as err:  # zip reader errors (truncated file), EOFError, ...
-        raise CheckpointError(f"cannot read {str(path)!r} (truncated or corrupted?): "
-                              f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
 
 
 def _rank_files(tag_dir: Path, kind: str) -> dict[int, Path]:
@@ -128,6 +93,7 @@ def _fp32(state_dict: dict[str, Any], where: Path) -> dict[str, torch.Tensor]:
 def load_model_state_dict(checkpoint: str | Path) -> dict[str, torch.Tensor]:
     """The full model state dict (fp32 CPU tensors) of a ZeRO 0-3 DeepSpeed checkpoint; see the module doc."""
     tag_dir = resolve_checkpoint(checkpoint)
+    verify_checkpoint(tag_dir)  # manifest and a pickle-safe read of every file, before DeepSpeed opens any
     zero0 = tag_dir / ZERO0_MODEL_FILE
     model_files3 = _rank_files(tag_dir, "model")
     if zero0.is_file():
@@ -153,9 +119,6 @@ def load_model_state_dict(checkpoint: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{str(first)!r}: no data-parallel world size recorded")
     files = _expect_ranks(tag_dir, "optim", world)
     files += _expect_ranks(tag_dir, "model", world) if stage == 3 else [zero0]
-    for f in files:
-        if f != first:
-            safe_load(f)  # refuse tampered or truncated files before DeepSpeed unpickles them unsafely
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     chatter = io.StringIO()

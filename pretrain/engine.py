@@ -35,6 +35,7 @@ __all__ = [
     "free_port",
     "gather_persistent_parameters",
     "gathered_parameters",
+    "parameters_finite",
     "init_distributed_env",
     "resolve_precision",
     "train_step",
@@ -261,3 +262,12 @@ def _refresh_full(params: list[nn.Parameter]) -> None:
         n = q.ds_tensor.numel()
         q.data.copy_(full[:, offset:offset + n].reshape(-1)[:q.ds_numel].view_as(q.data))
         offset += n
+
+
+@torch.no_grad()
+def parameters_finite(module: nn.Module) -> bool:
+    """True when every parameter is finite on every rank (ZeRO-3: each rank checks its partitions); call on ALL
+    ranks."""
+    local = all(bool(torch.isfinite(p.ds_tensor if _partitioned(p) else p).all()) for p in module.parameters())
+    device = next(module.parameters()).device
+    return not _any_rank(not local, device)

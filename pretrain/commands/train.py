@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import sys
+
 PROG = "retina-pretrain train"
 
 
@@ -14,9 +16,14 @@ def cli_main(argv: list[str]) -> int:
     from pretrain.config import parse_cli
     from pretrain.train import TrainConfig, train
 
+    from pretrain.checkpoint import CheckpointError
+
     cfg, _ = parse_cli(TrainConfig, argv, prog=PROG, description=__doc__)
     try:
         train(cfg)
+    except CheckpointError as err:  # a checkpoint that fails verification: one line naming the file
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 1
     finally:
         import torch.distributed as dist
 

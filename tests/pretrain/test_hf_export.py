@@ -361,9 +361,16 @@ def test_no_latest_tag_is_a_clear_error(run2, tmp_path):
     _expect_failure(run, tmp_path, "not a checkpoint.*latest")
 
 
+def _drop_manifest(run: Path) -> None:
+    """As a checkpoint written before manifests: the checks below stand alone (with the manifest, its size and
+    sha256 check names the damaged file first; tests/pretrain/test_checkpoint_safety.py)."""
+    (run / "checkpoints" / "step00000002" / "manifest.json").unlink()
+
+
 @pytest.mark.multiproc
 def test_missing_rank_file_is_a_clear_error(run3, tmp_path):
     run = _copy(run3, tmp_path)
+    _drop_manifest(run)
     (run / "checkpoints" / "step00000002" / "zero_pp_rank_1_mp_rank_00_optim_states.pt").unlink()
     _expect_failure(run, tmp_path, r"rank\(s\) \[1\] are missing")
 
@@ -371,6 +378,7 @@ def test_missing_rank_file_is_a_clear_error(run3, tmp_path):
 @pytest.mark.multiproc
 def test_truncated_rank_file_is_a_clear_error(run2, tmp_path):
     run = _copy(run2, tmp_path)
+    _drop_manifest(run)
     victim = run / "checkpoints" / "step00000002" / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
     _expect_failure(run, tmp_path, "zero_pp_rank_1_mp_rank_00_optim_states.pt.*truncated")
@@ -379,6 +387,7 @@ def test_truncated_rank_file_is_a_clear_error(run2, tmp_path):
 @pytest.mark.multiproc
 def test_tampered_pickle_is_refused_before_deepspeed_loads_it(run2, tmp_path):
     run = _copy(run2, tmp_path)
+    _drop_manifest(run)
     marker = tmp_path / "code-ran"
     victim = run / "checkpoints" / "step00000002" / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
     torch.save({"optimizer_state_dict": _Marker(str(marker))}, victim)
