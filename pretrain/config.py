@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from shards.atomic import atomic_write
 from shards.commandline import (Command, check_keys, command_parser, explain_error, field_docs, instantiate,
                                 load_yaml, parse_command)
 
@@ -104,7 +105,7 @@ def save_config(cfg: Any, path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     # default_flow_style=None keeps short leaf lists inline (`betas: [0.9, 0.98]`), sections as blocks.
     text = yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None, allow_unicode=True)
-    path.write_text(text, encoding="utf-8")
+    atomic_write(path, text)  # a crash never leaves a half-written config.yaml beside the checkpoints
 
 
 def parse_cli(cls: type[T], argv: list[str] | None = None, *, prog: str = "retina-pretrain",

@@ -272,10 +272,10 @@ def text_pretrain(cfg: TextPretrainConfig) -> dict[str, Any]:
     model = build_mlm_model(text_cfg)
     engine, optimizer, _ = build_engine(model, scheduled_engine_config(cfg.engine, cfg.run.steps, cfg.batch_size))
     seed_everything(cfg.run.seed + rank)  # then rank-specific dropout
-    save_run_config(run_dir, cfg)
+    loop = TrainingLoop(engine, optimizer, cfg.run)
+    save_run_config(run_dir, cfg)  # only once the checkpoint being resumed has loaded into this config
     if rank == 0:
         (run_dir / "corpus.txt").write_text("\n".join(corpus) + "\n", encoding="utf-8")
-    loop = TrainingLoop(engine, optimizer, cfg.run)
     loop.say(f"{'resumed from step ' + str(loop.start_step) if loop.resumed else 'starting fresh'} | text-pretrain "
              f"(MLM) | corpus {len(corpus)} texts | params {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M | "
              f"world {world} | run {run_dir}")

@@ -76,8 +76,8 @@ def train(cfg: TrainConfig, on_checkpoint: CheckpointHook | None = None) -> dict
     add_auxiliary(model, objective.auxiliary_modules(model))
     engine, optimizer, _ = build_engine(model, scheduled_engine_config(cfg.engine, cfg.run.steps, cfg.data.batch_size))
     seed_everything(cfg.run.seed + rank_world()[0])  # from here on (dropout, augmentation) each rank draws its own
-    save_run_config(cfg.run.dir, cfg)
     loop = TrainingLoop(engine, optimizer, cfg.run)  # a resume restores every rank's RNG states
+    save_run_config(cfg.run.dir, cfg)  # only once the checkpoint being resumed has loaded into this config
     n_params = sum(p.numel() for p in model.parameters())
     loop.say(f"{'resumed from step ' + str(loop.start_step) if loop.resumed else 'starting fresh'} | method "
              f"{cfg.method} | params {n_params / 1e6:.2f}M | world {loop.world_size} | device {engine.device} | "

@@ -245,6 +245,14 @@ def export_text_only(fill_dir: Path, state_dict: dict[str, torch.Tensor], text_c
                           {"note": "FLAIR head: normalize(W @ normalize(last_hidden_state[:, 0]))"})
 
 
+def _refuse_overlap(out: Path, run_dir: Path) -> None:
+    """OUT equal to, inside or around the run folder would let --overwrite replace the run itself."""
+    out, run_dir = out.resolve(), run_dir.resolve()
+    if out == run_dir or run_dir in out.parents or out in run_dir.parents:
+        raise ExportError(f"OUT {str(out)!r} overlaps the run folder {str(run_dir)!r}: export next to the run, "
+                          "never into it or over it")
+
+
 def export_hf(checkpoint: str | Path, out: str | Path, *, config: str | Path | None = None,
               eval_results: str | Path | None = None, overwrite: bool = False, verify: bool = True,
               mode: str = "full") -> Path:
@@ -262,6 +270,7 @@ def export_hf(checkpoint: str | Path, out: str | Path, *, config: str | Path | N
         run = load_run(checkpoint, config=config)  # training-only modules are not part of the released model
     except RunLoadError as err:
         raise ExportError(str(err)) from None
+    _refuse_overlap(out, run.config_path.parent)
     results = json.loads(Path(eval_results).read_text(encoding="utf-8")) if eval_results else None
     state_dict = {k: v.detach().cpu().float() if v.is_floating_point() else v.cpu()
                   for k, v in run.model.state_dict().items()}

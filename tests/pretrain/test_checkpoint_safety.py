@@ -108,3 +108,24 @@ def test_no_tag_verifies_is_an_error_naming_the_files(run, tiny_shards):
     assert result.returncode != 0
     assert "passes verification" in result.stderr
     assert str(tag(run, 1) / MODEL_FILE) in result.stderr and str(tag(run, 2) / MODEL_FILE) in result.stderr
+
+
+def test_a_failed_resume_leaves_the_run_config_as_it_was(run, tiny_shards):
+    from pretrain.runs import load_run
+
+    before = (run / "config.yaml").read_bytes()
+    result = train(run, tiny_shards, 3, "--model.embed_dim", "16")  # the checkpoint's weights do not fit
+    assert result.returncode != 0
+    assert (run / "config.yaml").read_bytes() == before
+    assert load_run(run).model.config.embed_dim == 32  # the run still loads (and exports) as trained
+
+
+@pytest.mark.parametrize("where", ["run", "inside", "around"])
+def test_export_never_writes_into_or_over_the_run(run, where):
+    from pretrain.hf.export import ExportError, export_hf
+
+    out = {"run": run, "inside": run / "hf", "around": run.parent}[where]
+    files = sorted(p.relative_to(run.parent) for p in run.rglob("*"))
+    with pytest.raises(ExportError, match="overlaps the run folder"):
+        export_hf(run, out, overwrite=True)
+    assert sorted(p.relative_to(run.parent) for p in run.rglob("*")) == files
