@@ -14,6 +14,7 @@ RAY_AUTH_MODE=token, which `enable_token_auth()` sets for this process and its c
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -26,6 +27,8 @@ from pathlib import Path
 
 __all__ = ["DEFAULT_DASHBOARD_PORT", "DEFAULT_GCS_PORT", "cluster_pids", "default_temp_dir", "down",
            "enable_token_auth", "ensure_token", "read_state", "up"]
+
+log = logging.getLogger("cluster.local")
 
 DEFAULT_GCS_PORT = 6379
 DEFAULT_DASHBOARD_PORT = 8265
@@ -99,6 +102,7 @@ def up(*, num_cpus: int | None = None, num_gpus: int | None = None, port: int = 
     state = {"gcs_address": f"{host}:{port}", "gcs_port": port, "dashboard_url": f"http://{host}:{dashboard_port}",
              "temp_dir": str(temp_dir), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     _wait_for_job_server(state["dashboard_url"])
+    _wait_for_job_agent(state["gcs_address"])
     (temp_dir / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
     return state
 
@@ -117,6 +121,27 @@ def _wait_for_job_server(url: str, timeout: float = 60.0) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(1.0)
+
+
+def _wait_for_job_agent(gcs_address: str, timeout: float = 120.0) -> None:
+    """The job server answers before the head's job agent has registered, and a submission in that gap fails
+    with "No available agent" after 10 s (seen on a loaded 2-core machine): wait for the agent's address in
+    the GCS, where the job server looks it up. Ray keeps that lookup internal, so any error here only ends the
+    wait early; the submission then behaves as without it."""
+    try:
+        from ray._private import ray_constants
+        from ray._raylet import GcsClient
+
+        client = GcsClient(address=gcs_address)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            head = client.internal_kv_get(ray_constants.KV_HEAD_NODE_ID_KEY, namespace=ray_constants.KV_NAMESPACE_JOB)
+            key = f"DASHBOARD_AGENT_ADDR_NODE_ID_PREFIX:{head.decode()}".encode() if head else None
+            if key and client.internal_kv_get(key, namespace=ray_constants.KV_NAMESPACE_DASHBOARD):
+                return
+            time.sleep(0.5)
+    except Exception as err:  # a Ray without these internals: submit as before
+        log.debug("not waiting for the job agent: %s", err)
 
 
 def cluster_pids(temp_dir: Path) -> list[int]:
