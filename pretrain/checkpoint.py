@@ -181,10 +181,28 @@ def resolve_resume(run_dir: str | Path, resume: str | Path | None) -> Path | Non
     raise CheckpointError(f"no checkpoint under {str(folder)!r} passes verification: " + "; ".join(failures))
 
 
+def _decided_on_rank0(decide: Any) -> Any:
+    """decide() on rank 0 only (verifying a checkpoint reads every rank's files once, not once per rank), its
+    result or CheckpointError given to every rank."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return decide()
+    box: list[Any] = [None]
+    if _rank() == 0:
+        try:
+            box = [("ok", decide())]
+        except CheckpointError as err:
+            box = [("error", str(err))]
+    dist.broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if kind == "error":
+        raise CheckpointError(value)
+    return value
+
+
 def load_checkpoint(engine: Any, run_dir: str | Path, resume: str | Path | None = "auto") -> dict[str, Any] | None:
     """Load module, optimizer and scheduler states into `engine` and restore this rank's RNG states; call on ALL
     ranks after build_engine. Returns the client_state (step, extras; RNG removed) or None for a fresh start."""
-    tag_dir = resolve_resume(run_dir, resume)
+    tag_dir = _decided_on_rank0(lambda: resolve_resume(run_dir, resume))
     if tag_dir is None:
         return None
     load_dir, tag = tag_dir.parent, tag_dir.name
