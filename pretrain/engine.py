@@ -37,6 +37,7 @@ __all__ = [
     "gathered_parameters",
     "parameters_finite",
     "init_distributed_env",
+    "loopback_interface",
     "resolve_precision",
     "train_step",
 ]
@@ -95,22 +96,49 @@ def init_distributed_env() -> None:
 
     Without a launcher the torch.distributed variables are missing and DeepSpeed would fall back to MPI
     discovery (which needs mpi4py), so a single process gets RANK=0/WORLD_SIZE=1 defaults. Launchers
-    (deepspeed, torchrun, Ray Train) set them and win. gloo on CPU, nccl on CUDA. Idempotent."""
+    (deepspeed, torchrun, Ray Train) set them and win, and the group binds where they say. gloo on CPU,
+    nccl on CUDA. Idempotent."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return
     os.environ.setdefault("RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")
     os.environ.setdefault("LOCAL_RANK", os.environ["RANK"])
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    if "MASTER_PORT" not in os.environ:
-        os.environ["MASTER_PORT"] = str(free_port())
     if not torch.cuda.is_available():
         # DeepSpeed detects the CPU accelerator itself, but says so with a warning; be explicit.
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
 
     backend = "nccl" if torch.cuda.is_available() else "gloo"
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    if int(os.environ["WORLD_SIZE"]) == 1:
+        _init_single_process_group(backend)
+    else:
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)  # adopts an existing group
+
+
+def _init_single_process_group(backend: str) -> None:
+    """A one-process group that listens on nothing beyond loopback.
+
+    torch's TCP rendezvous store listens on every interface for the whole run, and gloo binds the address
+    the hostname resolves to: a single process has no peer to meet, so it gets an in-memory store and its
+    collective transport is pinned to the loopback interface."""
+    loopback = loopback_interface()
+    if loopback is not None:
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", loopback)
+        os.environ.setdefault("NCCL_SOCKET_IFNAME", loopback)
+    torch.distributed.init_process_group(backend, store=torch.distributed.HashStore(),
+                                         rank=int(os.environ["RANK"]), world_size=1)
+
+
+def loopback_interface() -> str | None:
+    """Name of the network interface holding 127.0.0.1 ('lo' on Linux, 'lo0' on macOS), None if there is none."""
+    import psutil
+
+    for name, addresses in psutil.net_if_addrs().items():
+        if any(a.family == socket.AF_INET and a.address == "127.0.0.1" for a in addresses):
+            return name
+    return None
 
 
 def resolve_precision(precision: str) -> str:
