@@ -5,9 +5,11 @@ with three retinal specifics:
 
 - decoding is by hand and allow-listed: only `jpg`/`png`/`txt`/`json` members are ever read, images go
   through PIL and json through `json.loads`, so nothing in a shard can be unpickled or executed;
-- a sample that does not decode is skipped and counted in `SKIPPED` (one counter per process, so one per
-  DataLoader worker) with its key and reason logged at WARNING: one bad file never kills a week-long run,
-  and never disappears silently either;
+- nothing is lost silently (pretrain.data_loss): at start each shard's size (with `verify_sha256`, also its
+  sha256) is checked against index.json and a damaged shard is left out; a tar that ends early and a sample
+  that does not decode are counted per shard and logged with their names; every batch carries the worker's
+  account, and the trainer stops the run once the samples lost exceed `max_lost_fraction`. One bad file never
+  kills a week-long run, and never disappears silently either;
 - categorical samples (empty caption) get a FLAIR-style caption sampled from the knowledge base, so the
   text tower always sees a sentence.
 
@@ -30,9 +32,10 @@ import torch
 import webdataset as wds
 from torch.utils.data import get_worker_info
 
+from pretrain.data_loss import LOSSES, DataLossError, check_shards, describe_losses, lost_fraction, merge, read_shards
 from pretrain.samples import (ALLOWED_EXTS, CLIP_MEAN, CLIP_STD, IMAGE_EXTS, SKIPPED, SkipCounter, decode_sample,
                               eval_transform, keep_member, stable_seed, train_transform)
-from shards.index import load_index, shard_urls
+from shards.index import load_index
 from shards.knowledge import load_knowledge
 
 log = logging.getLogger(__name__)
@@ -41,11 +44,14 @@ __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
     "DataConfig",
+    "DataLossError",
+    "LOSSES",
     "IMAGE_EXTS",
     "ALLOWED_EXTS",
     "decode_sample",
     "SKIPPED",
     "SkipCounter",
+    "check_training_data",
     "eval_dataset",
     "eval_transform",
     "keep_member",
@@ -84,6 +90,12 @@ class DataConfig:
     """Random fundus augmentation (crop, flip, rotation, colour jitter) for training."""
     seed: int = 0
     """Base seed of shard sampling, shuffling, caption sampling and augmentation."""
+    verify_sha256: bool = False
+    """At start, hash every shard and leave out any whose sha256 differs from index.json (sizes are always
+    checked; hashes are read in full once per process, so this costs a pass over the data)."""
+    max_lost_fraction: float = 0.01
+    """Stop the run once the samples lost (shards left out at start, tars that end early, samples that do not
+    decode) exceed this fraction of the samples of the split; 1.0 never stops (every loss is still counted)."""
 
     def validate(self) -> None:
         if self.public is None and self.elite is None:
@@ -92,14 +104,22 @@ class DataConfig:
             raise ValueError("data.mix=paired needs both data.public and data.elite")
         if not 0.0 <= self.elite_fraction <= 1.0:
             raise ValueError("data.elite_fraction must be in [0, 1]")
+        if not 0.0 <= self.max_lost_fraction <= 1.0:
+            raise ValueError("data.max_lost_fraction must be in [0, 1]")
         if min(self.batch_size, self.elite_batch_size, self.image_size, self.max_text_len) < 1:
             raise ValueError("data: batch sizes, image_size and max_text_len must be positive")
 
 
-def _log_and_continue(exn: Exception) -> bool:
-    """webdataset handler for shard-level failures (unreadable tar): count, log, keep streaming."""
-    SKIPPED.add("<shard>", f"shard error: {exn!r}")
-    return True
+def check_training_data(cfg: DataConfig) -> None:
+    """Check the shards of the split against index.json before anything is built; raise DataLossError when the
+    shards left out already lose more than data.max_lost_fraction (pretrain.data_loss)."""
+    checks = [check_shards(d, cfg.split, cfg.verify_sha256) for d in (cfg.public, cfg.elite) if d is not None]
+    snapshot = {"totals": {c.shard_set: c.total for c in checks},
+                "shards": {shard: [n, why] for c in checks for shard, (n, why) in c.left_out.items()}}
+    lost, total = lost_fraction(snapshot)
+    if lost > cfg.max_lost_fraction * total:
+        raise DataLossError(f"data: {describe_losses(merge([snapshot]))}; data.max_lost_fraction is "
+                            f"{cfg.max_lost_fraction} (run `retina-shards verify DIR` to see every damaged shard)")
 
 
 # ----------------------------------------------------------------------------- seeding
@@ -184,9 +204,9 @@ class Collate:
             "text": texts,
             "keys": [s["key"] for s in samples],
             "dataset": [s["dataset"] for s in samples],
-            # (worker, samples this worker process has skipped so far): the trainer keeps the latest count of
-            # each worker and sums them over workers and ranks, since SKIPPED lives in the worker's process.
-            "data_skipped": (_worker_id(), SKIPPED.total),
+            # (worker, this worker's account of lost samples): the trainer keeps each worker's latest and merges
+            # them over workers and ranks (pretrain.data_loss), since the ledger lives in the worker's process.
+            "data_loss": (_worker_id(), LOSSES.snapshot()),
         }
 
 
@@ -200,9 +220,11 @@ def _vocabulary(shard_dir: str | Path) -> list[str]:
 def _samples(shard_dir: str | Path, split: str, cfg: DataConfig, *, rank: int, world_size: int,
              resampled: bool, seed: int, augment: bool, shuffle: bool) -> wds.DataPipeline:
     """Decoded (unbatched) samples of one shard set for this rank; each worker reads its own shards."""
-    urls = shard_urls(Path(shard_dir), split)
+    check = check_shards(shard_dir, split, cfg.verify_sha256)
+    urls = list(check.urls)
     if not urls:
-        raise ValueError(f"{shard_dir}: no shards for split {split!r}")
+        raise DataLossError(f"{shard_dir}: every shard of split {split!r} is damaged or missing "
+                            f"(run `retina-shards verify {shard_dir}`)")
     if resampled:
         # Sampling with replacement gives every rank and worker an infinite stream of its own (the seed
         # includes both), so no rank ever runs dry and shard counts need not divide evenly.
@@ -211,7 +233,7 @@ def _samples(shard_dir: str | Path, split: str, cfg: DataConfig, *, rank: int, w
     else:
         stages = [wds.SimpleShardList(urls), partial(_split_by_rank, rank=rank, world_size=world_size),
                   wds.split_by_worker]
-    stages.append(wds.tarfile_to_samples(handler=_log_and_continue, select_files=keep_member))
+    stages.append(partial(read_shards, check=check, select_files=keep_member))
     if shuffle and cfg.shuffle_buffer > 0:
         stages.append(partial(_shuffle, bufsize=cfg.shuffle_buffer, seed=stable_seed(seed, rank, "shuffle")))
     vocab = _vocabulary(shard_dir)

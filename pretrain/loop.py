@@ -6,14 +6,16 @@
 
 In the style of torchtitan: one console line per `run.log_every` steps on rank 0
 
-    step 10 | loss 2.7713 | contrastive 2.7713 | lr 5.000e-04 | samples/s 41.3 | mem 812 MiB | data skipped 0
+    step 10 | loss 2.7713 | contrastive 2.7713 | lr 5.000e-04 | samples/s 41.3 | mem 812 MiB | data lost 0
 
 (plus the caller's extra scalars, e.g. the logit scale; mem is the peak RSS of the process on CPU,
 torch.cuda.max_memory_allocated on CUDA), the same scalars in TensorBoard under RUN_DIR/tb and as one JSON line
 in RUN_DIR/metrics.jsonl, a checkpoint every `run.save_every` steps and at the end (pretrain.checkpoint). A
 step whose loss is non-finite on any rank is skipped (an error line is logged, weights and optimizer state stay
-untouched) and training goes on with the next batch. Samples the data pipeline skipped (a batch's
-`data_skipped` entry, pretrain.data.Collate) are summed over workers and ranks and logged.
+untouched) and training goes on with the next batch. The data pipeline's account of lost samples (a batch's
+`data_loss` entry, pretrain.data.Collate) is merged over workers and ranks at every log line (every 10 steps
+when run.log_every is 0): the count is logged, the summary names the damaged shards, and the run stops with
+DataLossError once the loss exceeds the caller's `max_lost_fraction` (pretrain.data_loss).
 
 `retina-pretrain train` (pretrain.train) and `retina-pretrain text-pretrain` (pretrain.text_pretrain) are
 short set-ups around this loop; loss_fn gets the bare model (objectives never see the DeepSpeed engine).
@@ -35,6 +37,7 @@ import numpy as np
 import torch
 
 from pretrain.checkpoint import load_checkpoint, save_checkpoint
+from pretrain.data_loss import DataLossError, describe_losses, lost_fraction, merge
 from pretrain.engine import NonFiniteLoss, train_step
 
 __all__ = ["CheckpointHook", "RunConfig", "TrainingLoop", "rank_world", "seed_everything"]
@@ -97,30 +100,38 @@ def _peak_mem_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _sum_over_ranks(value: float, device: torch.device) -> float:
+def _gather_json(obj: Any, device: torch.device) -> list[Any]:
+    """Every rank's JSON-able object, on every rank (as JSON bytes, so nothing received is unpickled)."""
     dist = torch.distributed
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return value
-    t = torch.tensor([float(value)], device=device)
-    dist.all_reduce(t)
-    return float(t.item())
+        return [obj]
+    data = torch.tensor(list(json.dumps(obj).encode()), dtype=torch.uint8, device=device)
+    sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([data.numel()], dtype=torch.long, device=device))
+    longest = int(max(s.item() for s in sizes))
+    padded = torch.zeros(longest, dtype=torch.uint8, device=device)
+    padded[: data.numel()] = data
+    gathered = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(gathered, padded)
+    return [json.loads(bytes(g[: int(n.item())].tolist())) for g, n in zip(gathered, sizes)]
 
 
 class _Window:
-    """Loss terms and sample counts since the last log line, and the newest skip count of each data worker."""
+    """Loss terms and sample counts since the last log line, and the newest data-loss account of each worker."""
 
     def __init__(self) -> None:
-        self.skips_by_worker: dict[int, int] = {}
+        self.losses_by_worker: dict[int, dict] = {}
         self.reset()
 
     def reset(self) -> None:
         self.terms: dict[str, list[float]] = {}
         self.samples, self.start = 0, time.perf_counter()
 
-    def note_skips(self, batch: Any) -> None:
+    def note_data_losses(self, batch: Any) -> None:
         for part in batch if isinstance(batch, (list, tuple)) else (batch,):
-            worker, count = part.get("data_skipped", (0, 0))
-            self.skips_by_worker[int(worker)] = max(self.skips_by_worker.get(int(worker), 0), int(count))
+            if isinstance(part, dict) and "data_loss" in part:
+                worker, snapshot = part["data_loss"]
+                self.losses_by_worker[int(worker)] = snapshot
 
     def add(self, terms: dict[str, float], samples: int) -> None:
         for k, v in terms.items():
@@ -146,17 +157,21 @@ class TrainingLoop:
 
     def run(self, next_batch: Callable[[int], Any], loss_fn: LossFn,
             extra_scalars: Callable[[], dict[str, float]] | None = None,
-            on_checkpoint: CheckpointHook | None = None) -> dict[str, Any]:
-        """Train; returns {"step", "start_step", "loss", "losses", "skipped" (non-finite steps), "data_skipped"}.
-        `on_checkpoint(step, path)` runs on every rank after each complete checkpoint."""
+            on_checkpoint: CheckpointHook | None = None, max_lost_fraction: float = 1.0) -> dict[str, Any]:
+        """Train; returns {"step", "start_step", "loss", "losses", "skipped" (non-finite steps), "data_lost",
+        "data_losses" (the merged account of pretrain.data_loss)}. `on_checkpoint(step, path)` runs on every rank
+        after each complete checkpoint. Raises DataLossError once the data lost exceed `max_lost_fraction`."""
         writer = self._writer()
         window, device, losses, skipped = _Window(), self.engine.device, [], 0
         step, saved_at = self.start_step, self.start_step if self.resumed else -1
+        check_every, data = self.run_cfg.log_every or 10, merge([])
         guarded = lambda engine, batch: loss_fn(engine.module, batch)  # noqa: E731  objectives get the bare model
         try:
             for step in range(self.start_step + 1, self.run_cfg.steps + 1):
                 batch = _to_device(next_batch(step), device)
-                window.note_skips(batch)
+                window.note_data_losses(batch)
+                if step % check_every == 0:  # collective: every rank checks at the same steps
+                    data = self._data_losses(window, max_lost_fraction)
                 try:
                     terms = train_step(self.engine, guarded, batch)
                 except NonFiniteLoss as err:
@@ -167,7 +182,7 @@ class TrainingLoop:
                 losses.append(terms["loss"])
                 window.add(terms, _batch_size(batch) * self.world_size)
                 if self.run_cfg.log_every > 0 and step % self.run_cfg.log_every == 0:
-                    self._log(step, window, writer, extra_scalars)
+                    self._log(step, window, writer, extra_scalars, lost_fraction(data)[0])
                 if self.run_cfg.save_every > 0 and step % self.run_cfg.save_every == 0:
                     self._checkpoint(step, on_checkpoint)
                     saved_at = step
@@ -176,11 +191,22 @@ class TrainingLoop:
         finally:
             if writer is not None:
                 writer.close()
-        data_skipped = _sum_over_ranks(sum(window.skips_by_worker.values()), device)
-        if data_skipped:
-            self.say(f"data pipeline skipped {data_skipped:.0f} bad samples (logged above with their keys)")
+        data = self._data_losses(window, max_lost_fraction, final=True)
         return {"step": step, "start_step": self.start_step, "loss": losses[-1] if losses else None,
-                "losses": losses, "skipped": skipped, "data_skipped": int(data_skipped)}
+                "losses": losses, "skipped": skipped, "data_lost": lost_fraction(data)[0], "data_losses": data}
+
+    def _data_losses(self, window: _Window, max_lost_fraction: float, final: bool = False) -> dict[str, Any]:
+        """The data losses merged over workers and ranks (collective); raises DataLossError past the limit."""
+        data = merge(_gather_json(merge(window.losses_by_worker.values()), self.engine.device))
+        lost, total = lost_fraction(data)
+        if lost > max_lost_fraction * total:
+            saved = "the last checkpoint is kept; " if final else ""
+            raise DataLossError(f"data: {describe_losses(data)}, more than data.max_lost_fraction="
+                                f"{max_lost_fraction}; {saved}repair or rebuild the shards (`retina-shards verify "
+                                "DIR` names every damaged one), or raise the limit")
+        if final and lost:
+            self.say(f"data: {describe_losses(data)}; these samples were not trained on")
+        return data
 
     def _writer(self) -> Any:
         if self.rank != 0:
@@ -189,7 +215,8 @@ class TrainingLoop:
 
         return SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=self.start_step + 1)
 
-    def _log(self, step: int, window: _Window, writer: Any, extra: Callable[[], dict[str, float]] | None) -> None:
+    def _log(self, step: int, window: _Window, writer: Any, extra: Callable[[], dict[str, float]] | None,
+             data_lost: int) -> None:
         device = self.engine.device
         elapsed = max(time.perf_counter() - window.start, 1e-9)
         scalars = {k: float(np.mean(v)) for k, v in window.terms.items()}
@@ -198,12 +225,12 @@ class TrainingLoop:
         scalars.update(extras)
         scalars["samples_per_s"] = window.samples / elapsed
         scalars["mem_mib"] = _peak_mem_mib(device)
-        scalars["data_skipped"] = _sum_over_ranks(sum(window.skips_by_worker.values()), device)
+        scalars["data_lost"] = float(data_lost)
         if self.rank == 0:
             parts = [f"step {step}"] + [f"{k} {scalars[k]:.4f}" for k in window.terms]
             parts += [f"lr {scalars['lr']:.3e}"] + [f"{k} {v:.2f}" for k, v in extras.items()]
             parts += [f"samples/s {scalars['samples_per_s']:.1f}", f"mem {scalars['mem_mib']:.0f} MiB",
-                      f"data skipped {scalars['data_skipped']:.0f}"]
+                      f"data lost {data_lost}"]
             print(" | ".join(parts), flush=True)
             for k, v in scalars.items():
                 writer.add_scalar(f"train/{k}", v, step)

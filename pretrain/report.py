@@ -21,7 +21,7 @@ import yaml
 __all__ = ["read_training_log", "write_report"]
 
 # metrics.jsonl fields that are not loss terms
-NON_LOSS = frozenset({"step", "lr", "logit_scale", "samples_per_s", "mem_mib", "data_skipped"})
+NON_LOSS = frozenset({"step", "lr", "logit_scale", "samples_per_s", "mem_mib", "data_skipped", "data_lost"})
 METRIC_NAMES = (("aca", "ACA"), ("macro_f1", "macro-F1"), ("auc", "AUC"), ("kappa", "kappa"))
 
 
@@ -148,7 +148,7 @@ def _training_section(records: list[dict[str, float]], out_dir: Path) -> list[st
             ["final loss", _fmt(last.get("loss"), 4)],
             ["samples/s (mean of intervals)", _fmt(sum(speeds) / len(speeds) if speeds else None, 1)],
             ["peak memory (MiB)", _fmt(max((r.get("mem_mib", 0.0) for r in records)), 0)],
-            ["data skipped (samples)", _fmt(last.get("data_skipped"), 0)]]
+            ["data lost (samples)", _fmt(last.get("data_lost", last.get("data_skipped")), 0)]]
     rows += [[f"final {k}", _fmt(v, 4)] for k, v in last.items() if k not in NON_LOSS and k != "loss"]
     plot_losses(records, out_dir / "loss.png")
     return [*lines, *_table(["", ""], rows), "![loss per step](loss.png)", ""]

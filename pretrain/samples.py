@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from pretrain.data_loss import LOSSES, short_text
 from shards.knowledge import Knowledge
 
 log = logging.getLogger("pretrain.data")
@@ -47,11 +48,14 @@ class SkipCounter:
         self.counts: Counter[str] = Counter()
         self.logged: set[str] = set()
 
-    def add(self, key: str, reason: str) -> None:
-        self.counts[reason] += 1
-        if key not in self.logged or key == "<shard>":
+    def add(self, key: str, reason: str, shard: str = "") -> None:
+        reason = short_text(reason)
+        self.counts[reason.split(":", 1)[0]] += 1
+        LOSSES.bad_sample(shard, key, reason)  # the per-shard account of lost samples (pretrain.data_loss)
+        if key not in self.logged:
             self.logged.add(key)
-            log.warning("skipping sample %s: %s (logged once per key; all skips are counted)", key, reason)
+            log.warning("skipping sample %s%s: %s (logged once per key; all skips are counted)", key,
+                        f" of {shard}" if shard else "", reason)
 
     @property
     def total(self) -> int:
@@ -132,33 +136,34 @@ def _first_label(meta: dict) -> int:
 def decode_sample(sample: dict, *, kb: Knowledge, vocab_ids: dict[str, int], transform: Callable,
                   rng: random.Random) -> dict | None:
     """Raw tar sample -> model-ready sample, or None (counted in SKIPPED) when it cannot be used."""
-    key = str(sample.get("__key__", "<unknown>"))
+    key = short_text(sample.get("__key__", "<unknown>"), 80)
+    shard = str(sample.get("__url__", ""))
     image_ext = next((ext for ext in IMAGE_EXTS if ext in sample), None)
     if image_ext is None:
-        SKIPPED.add(key, "no jpg/png member")
+        SKIPPED.add(key, "no jpg/png member", shard)
         return None
     try:
         meta = json.loads(sample["json"])
         if not isinstance(meta, dict):
             raise ValueError("json is not an object")
     except (KeyError, ValueError, UnicodeDecodeError) as exc:
-        SKIPPED.add(key, f"bad json: {exc!r}")
+        SKIPPED.add(key, f"bad json: {exc!r}", shard)
         return None
     try:
         image = _decode_image(sample[image_ext])
     except Exception as exc:  # PIL raises many types for bad bytes; any of them means "skip"
-        SKIPPED.add(key, f"bad image: {exc!r}")
+        SKIPPED.add(key, f"bad image: {exc!r}", shard)
         return None
     caption = sample.get("txt", b"").decode("utf-8", errors="replace").strip()
     category = None
     if not caption:
         if not meta.get("categories"):
-            SKIPPED.add(key, "no caption and no categories")
+            SKIPPED.add(key, "no caption and no categories", shard)
             return None
         try:
             caption, category = _sample_caption(meta, kb, rng)
         except (ValueError, TypeError) as exc:
-            SKIPPED.add(key, f"cannot build a caption: {exc!r}")
+            SKIPPED.add(key, f"cannot build a caption: {exc!r}", shard)
             return None
     # The label of the sampled category is the caption's class (for class-aware contrastive losses).
     category_id = vocab_ids.get(kb.normalize(category) or category, -1) if category else _first_label(meta)

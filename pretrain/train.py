@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pretrain.checkpoint import save_run_config
-from pretrain.data import SKIPPED, DataConfig, make_loader
+from pretrain.data import LOSSES, SKIPPED, DataConfig, check_training_data, make_loader
 from pretrain.engine import EngineConfig, build_engine, init_distributed_env
 from pretrain.loop import CheckpointHook, RunConfig, TrainingLoop, rank_world, seed_everything
 from pretrain.model import ModelConfig, add_auxiliary, build_model, resolve_model_paths
@@ -67,6 +67,7 @@ def train(cfg: TrainConfig, on_checkpoint: CheckpointHook | None = None) -> dict
     reports it to its scheduler)."""
     from transformers import AutoTokenizer
 
+    check_training_data(cfg.data)  # damaged shards stop the run here, before DeepSpeed or the model start
     init_distributed_env()
     seed_everything(cfg.run.seed)  # the same initial weights on every rank (ZeRO-3 builds its partitions locally)
     model_cfg = resolve_model_paths(cfg.model)
@@ -82,7 +83,8 @@ def train(cfg: TrainConfig, on_checkpoint: CheckpointHook | None = None) -> dict
     loop.say(f"{'resumed from step ' + str(loop.start_step) if loop.resumed else 'starting fresh'} | method "
              f"{cfg.method} | params {n_params / 1e6:.2f}M | world {loop.world_size} | device {engine.device} | "
              f"run {cfg.run.dir}")
-    SKIPPED.reset()  # with data.workers=0 the counter lives in this process
+    SKIPPED.reset()  # with data.workers=0 the counters live in this process
+    LOSSES.reset()
     batches = iter(make_loader(cfg.data, tokenizer, loop.rank, loop.world_size, step=loop.start_step))
 
     def loss_fn(module: Any, batch: Any) -> dict[str, Any]:
@@ -92,6 +94,7 @@ def train(cfg: TrainConfig, on_checkpoint: CheckpointHook | None = None) -> dict
     def logit_scale() -> dict[str, float]:
         return {"logit_scale": float(model.logit_scale_value().detach().float().item())}
 
-    summary = loop.run(lambda step: next(batches), loss_fn, extra_scalars=logit_scale, on_checkpoint=on_checkpoint)
+    summary = loop.run(lambda step: next(batches), loss_fn, extra_scalars=logit_scale, on_checkpoint=on_checkpoint,
+                       max_lost_fraction=cfg.data.max_lost_fraction)
     loop.say(f"done at step {summary['step']} | checkpoints in {Path(cfg.run.dir) / 'checkpoints'}")
     return summary

@@ -17,11 +17,12 @@ def cli_main(argv: list[str]) -> int:
     from pretrain.train import TrainConfig, train
 
     from pretrain.checkpoint import CheckpointError
+    from pretrain.data import DataLossError
 
     cfg, _ = parse_cli(TrainConfig, argv, prog=PROG, description=__doc__)
     try:
         train(cfg)
-    except CheckpointError as err:  # a checkpoint that fails verification: one line naming the file
+    except (CheckpointError, DataLossError) as err:  # one line naming the checkpoint file or the damaged shards
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 1
     finally:

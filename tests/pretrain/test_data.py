@@ -19,6 +19,7 @@ import torch
 from pretrain.data import SKIPPED, DataConfig, eval_dataset, make_loader, make_stream
 from shards.index import load_index, shard_urls
 from shards.knowledge import load_knowledge
+from shards.tarshard import file_sha256
 from tests.helpers import shard_captions
 
 IMAGE_SIZE = 32
@@ -155,6 +156,8 @@ def rewrite_shard(src: Path, dst: Path, change) -> None:
                 tout.addfile(info, io.BytesIO(data))
     index = load_index(src.parent)
     index["shards"] = [s for s in index["shards"] if s["name"] == src.name]
+    # the index describes the new bytes: a shard built with bad samples in it, not a damaged file
+    index["shards"][0].update(bytes=(dst / src.name).stat().st_size, sha256=file_sha256(dst / src.name))
     (dst / "index.json").write_text(json.dumps(index))
 
 

@@ -65,7 +65,7 @@ def test_report_markdown_and_pngs(tmp_path):
     text = path.read_text()
     for needle in ("# Run report: run", "| method | flair |", "| steps logged | 3 |", "| last step | 3 |",
                    "| final loss | 0.7500 |", "| samples/s (mean of intervals) | 23.3 |",
-                   "| data skipped (samples) | 2 |",
+                   "| data lost (samples) | 2 |",
                    "ACA", "macro-F1", "AUC", "kappa", "R@1", "| image → text | 0.125 | 0.625 | 1.000 |",
                    "0.500 ± 0.250", "(loss.png)", "(confusion_SYNTH_DR_GRADING.png)", "[metrics.json]"):
         assert needle in text, needle

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -20,7 +21,7 @@ from tests.pretrain.test_data import rewrite_shard
 REPO = Path(__file__).resolve().parents[2]
 DEMO_YAML = REPO / "pretrain" / "configs" / "tiny_cpu.yaml"
 BIN = Path(sys.executable).parent
-STEP = re.compile(r"^step (\d+) \| loss (\S+) .*\| data skipped (\d+)$", re.MULTILINE)
+STEP = re.compile(r"^step (\d+) \| loss (\S+) .*\| data lost (\d+)$", re.MULTILINE)
 
 
 @pytest.fixture(scope="module")
@@ -87,11 +88,18 @@ def test_corrupt_sample_in_a_shard_is_skipped_while_training_goes_on(sets, tmp_p
 
     rewrite_shard(victim, tmp_path / "rewritten", corrupt)
     (tmp_path / "rewritten" / victim.name).replace(victim)
+    index = json.loads((bad / "index.json").read_text())
+    rewritten = json.loads((tmp_path / "rewritten" / "index.json").read_text())["shards"][0]
+    index["shards"] = [rewritten if s["name"] == victim.name else s for s in index["shards"]]
+    (bad / "index.json").write_text(json.dumps(index))
     cmd = [sys.executable, "-m", "pretrain", *train_args({**sets, "public": bad}, tmp_path / "run",
-                                                         "--run.steps", "12", "--data.elite_fraction", "0.0")]
+                                                         "--run.steps", "12", "--data.elite_fraction", "0.0",
+                                                         "--data.max_lost_fraction", "0.1")]
     result = run(cmd)
     logged = {int(m[1]): int(m[3]) for m in STEP.finditer(result.stdout)}
     assert sorted(logged)[-1] == 12  # training went on to the end
     assert logged[12] >= 1, result.stdout  # the bad sample was met and counted
     key = first_image[0].rsplit(".", 1)[0]
-    assert f"skipping sample {key}: bad image" in result.stderr
+    assert f"skipping sample {key} of {victim}: bad image" in result.stderr
+    assert f"data: lost 1 of 40 samples (2.5%): {victim}: 1 (1 sample(s) do not decode (first {key}: bad image" \
+        in result.stdout
