@@ -17,10 +17,11 @@ generator seeded by (seed, step, rank) makes every batch reproducible, so a resu
 batches it would have seen.
 
 Training runs on the DeepSpeed engine like `retina-pretrain train` (ZeRO 0-3, any number of processes,
-checkpoints under RUN_DIR/checkpoints, `run.resume: auto`); rank r takes the texts at positions
-((step-1)*world + r)*batch_size ... of a seeded permutation per corpus epoch. At the end the encoder (without
-the MLM head, which stays in the checkpoints) and the tokenizer are written as a transformers folder, default
-RUN_DIR/text_model: stage 2 uses it as `model.text.name_or_path` (with `model.text.random_init: false`).
+checkpoints under RUN_DIR/checkpoints, `run.resume: auto`, one training per run folder: pretrain.run_lock);
+rank r takes the texts at positions ((step-1)*world + r)*batch_size ... of a seeded permutation per corpus
+epoch. At the end the encoder (without the MLM head, which stays in the checkpoints) and the tokenizer are
+written as a transformers folder, default RUN_DIR/text_model: stage 2 uses it as `model.text.name_or_path` (with
+`model.text.random_init: false`).
 """
 
 from __future__ import annotations
@@ -249,7 +250,15 @@ def save_text_model(model: torch.nn.Module, tokenizer: Any, out: str | Path) -> 
 
 
 def text_pretrain(cfg: TextPretrainConfig) -> dict[str, Any]:
-    """Run (or resume) stage 1; returns the loop's summary plus "out" (the encoder folder) and "corpus"."""
+    """Run (or resume) stage 1; returns the loop's summary plus "out" (the encoder folder) and "corpus".
+    pretrain.run_lock.RunLocked, before anything is built, if another training holds the run folder."""
+    from pretrain.run_lock import hold_run_lock
+
+    with hold_run_lock(cfg.run.dir):
+        return _text_pretrain_locked(cfg)
+
+
+def _text_pretrain_locked(cfg: TextPretrainConfig) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     from pretrain.checkpoint import save_run_config

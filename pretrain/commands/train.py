@@ -13,15 +13,15 @@ PROG = "retina-pretrain train"
 
 
 def cli_main(argv: list[str]) -> int:
-    from pretrain.config import parse_cli
-    from pretrain.train import TrainConfig, train
-
     from pretrain.checkpoint import CheckpointError
+    from pretrain.config import parse_cli
+    from pretrain.run_lock import RunLocked
+    from pretrain.train import TrainConfig, train
 
     cfg, _ = parse_cli(TrainConfig, argv, prog=PROG, description=__doc__)
     try:
         train(cfg)
-    except CheckpointError as err:  # a checkpoint that fails verification: one line naming the file
+    except (CheckpointError, RunLocked) as err:  # one line naming the failing file, or the run folder's holder
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 1
     finally:
