@@ -17,7 +17,7 @@ def cli_main(argv: list[str]) -> int:
     cfg, _ = parse_cli(stage1.TextPretrainConfig, argv, prog=PROG, description=stage1.__doc__)
     try:
         stage1.text_pretrain(cfg)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError) as err:  # FileExistsError: an OUT it must not replace
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
     except RunLocked as err:  # another training holds the run folder: as `train`, exit 1
