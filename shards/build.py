@@ -9,6 +9,7 @@ Stages (each deterministic, so a rerun after a crash plans exactly the same shar
   5. build shards in a process pool; a shard is written atomically, then a marker
      DIR/.build/<shard>.json; a rerun skips shards whose marker, plan digest and sha256 agree;
   6. write rejects.jsonl, duplicates.jsonl and index.json.
+DIR must be missing, empty or one of our shard sets (shards.out_folder); any other folder is refused untouched.
 Always: rows read = written + rejected + duplicates.
 """
 
@@ -32,6 +33,7 @@ from shards.hashing import HashCache, hash_images
 from shards.images import DEFAULT_MAX_PIXELS, FORMATS, ImageOptions, ImageRejected, prepare_image
 from shards.knowledge import load_knowledge
 from shards.metadata import SHARD_FORMAT_VERSION, base_metadata
+from shards.out_folder import claim_out_folder
 from shards.readers import SourceSpec, read_source
 from shards.records import Record, Reject
 from shards.tarshard import file_sha256, write_shard
@@ -290,8 +292,7 @@ def remove_stale(out: Path, keep: set[str]) -> None:
 def build(cfg: BuildConfig) -> dict:
     """Run a build (or finish an interrupted one) and return the index it wrote."""
     cfg.validate()
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    shard_index.build_dir(cfg.out).mkdir(exist_ok=True)
+    claim_out_folder(cfg.out)  # a folder that is not one of our shard sets is refused, nothing deleted
     pool = ProcessPoolExecutor(max_workers=cfg.workers) if cfg.workers > 1 else None
     try:
         plan = plan_build(cfg, pool)

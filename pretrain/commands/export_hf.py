@@ -30,7 +30,7 @@ class ExportArgs:
     eval_results: str | None = None
     """JSON of evaluation results (retina-pretrain eval's metrics.json) for the model card table; also --eval."""
     overwrite: bool = False
-    """Replace an existing OUT (atomically)."""
+    """Replace an existing OUT (atomically): only an empty folder or a model folder, never a run or a shard set."""
     verify: bool = True
     """Compare the exported model's features with the training model's on random inputs."""
     vision_only: bool = False

@@ -30,7 +30,7 @@ class ImportArgs:
     base: str | None = None
     """Config whose other sections (run, data, engine, method) --out keeps (default: the defaults)."""
     overwrite: bool = False
-    """Replace an existing output."""
+    """Replace an existing output (a --vision_only/--text_only folder: only an empty or model folder)."""
 
 
 def cli_main(argv: list[str]) -> int:

@@ -12,13 +12,17 @@ def cli_main(argv: list[str]) -> int:
 
     from pretrain import text_pretrain as stage1
     from pretrain.config import parse_cli
+    from pretrain.run_lock import RunLocked
 
     cfg, _ = parse_cli(stage1.TextPretrainConfig, argv, prog=PROG, description=stage1.__doc__)
     try:
         stage1.text_pretrain(cfg)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError) as err:  # FileExistsError: an OUT it must not replace
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
+    except RunLocked as err:  # another training holds the run folder: as `train`, exit 1
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 1
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

@@ -167,10 +167,13 @@ def verify_against_training_model(model: torch.nn.Module, hf_model: torch.nn.Mod
 
 def write_atomically(out: str | Path, fill: Callable[[Path], None], overwrite: bool = False) -> Path:
     """fill(tmp) writes a folder that atomically becomes OUT (shards.atomic.replace_folder); ExportError if OUT
-    exists and not overwrite."""
+    exists and not overwrite, or is not a folder a model may replace (pretrain.model_folders)."""
+    from pretrain.model_folders import check_replaceable
     from shards.atomic import replace_folder
 
     try:
+        if overwrite:
+            check_replaceable(out)
         return replace_folder(out, fill, overwrite)
     except FileExistsError as err:
         raise ExportError(str(err)) from None

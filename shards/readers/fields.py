@@ -59,7 +59,10 @@ def parse_labels(cell: object, *, column: str) -> tuple[str, ...]:
 def resolve_image(root: Path, raw: str) -> Path:
     """Resolve a relative image path under `root`, refusing absolute paths and paths escaping the root.
 
-    The check is lexical: a data root that is itself a symlink to another disk still works.
+    First lexically (`..`), then with symlinks followed: a link inside the root (to a file, or a folder the
+    path goes through) whose target lies outside the resolved root is refused with its own reason, so a row
+    can never read a file outside the root. Links that stay inside the root are fine, and so is a data root
+    that is itself a symlink to another disk (the root is resolved too). Returns the lexical path.
     """
     path = raw.strip().replace("\\", "/")
     if not path:
@@ -69,4 +72,11 @@ def resolve_image(root: Path, raw: str) -> Path:
     normal = posixpath.normpath(path)
     if normal == ".." or normal.startswith("../"):
         raise RowError(f"image path escapes the image root: {raw!r}")
-    return root / normal
+    image = root / normal
+    try:
+        real_root, target = root.resolve(), image.resolve()  # a missing file resolves as far as it exists
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        raise RowError(f"cannot resolve image path: {raw!r} ({exc})") from None
+    if target != real_root and real_root not in target.parents:
+        raise RowError(f"symlink escapes the image root: {raw!r} -> {target}")
+    return image

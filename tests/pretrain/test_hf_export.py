@@ -413,7 +413,8 @@ def test_existing_out_is_refused_and_overwrite_is_atomic(tmp_path):
 
     out = tmp_path / "out"
     out.mkdir()
-    (out / "old").write_text("x")
+    for name in ("config.json", "model.safetensors", "old"):  # a model folder: --overwrite may replace it
+        (out / name).write_text("x")
     with pytest.raises(ExportError, match="already exists"):
         write_atomically(out, lambda tmp: None)
 
