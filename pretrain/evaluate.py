@@ -194,14 +194,16 @@ def _device(model: torch.nn.Module) -> torch.device:
 @torch.no_grad()
 def _embed_shards(model: Any, tokenizer: Any, shard_dir: str | Path, split: str, batch_size: int,
                   with_text: bool) -> dict[str, Any]:
-    """Unit image (and caption) embeddings of every sample of one split, with their keys, on the CPU."""
-    from pretrain.data import DataConfig, eval_dataset
+    """Unit image (and caption) embeddings of every sample of one split, with their keys, on the CPU, and the
+    account of samples lost on the way (damaged shards, undecodable samples: pretrain.data_loss)."""
+    from pretrain.data import LOSSES, DataConfig, eval_dataset
 
     shard_urls_or_fail(shard_dir, split)
     data_cfg = DataConfig(batch_size=batch_size, image_size=model.config.vision.image_size,
                           max_text_len=model.config.text.max_len, workers=0)
     device = _device(model)
     keys, images, texts = [], [], []
+    LOSSES.reset()
     for batch in eval_dataset(shard_dir, split, data_cfg, tokenizer):
         keys += batch["keys"]
         images.append(model.get_image_features(batch["image"].to(device)).float().cpu())
@@ -210,7 +212,8 @@ def _embed_shards(model: Any, tokenizer: Any, shard_dir: str | Path, split: str,
                                                  batch["attention_mask"].to(device)).float().cpu())
     if not keys:
         raise EvalInputError(f"{shard_dir}: split {split!r} has no readable samples")
-    return {"keys": keys, "image": torch.cat(images), "text": torch.cat(texts) if with_text else None}
+    lost = {shard: n for shard, (n, _) in LOSSES.snapshot()["shards"].items()}
+    return {"keys": keys, "image": torch.cat(images), "text": torch.cat(texts) if with_text else None, "lost": lost}
 
 
 @torch.no_grad()
@@ -268,6 +271,7 @@ def evaluate(model: Any, tokenizer: Any, cfg: EvalConfig) -> dict[str, Any]:
         text = _class_text_embeddings(model, tokenizer, classes, cfg)
         datasets[name] = score_dataset(emb["image"][rows], labels, text, classes, grading, cfg)
     result: dict[str, Any] = {"eval_shards": str(cfg.eval_shards), "split": cfg.split, "unlabelled": unlabelled,
+                              "samples_lost": sum(emb["lost"].values()), "lost_by_shard": emb["lost"],
                               "datasets": datasets}
     if cfg.retrieval_shards is not None:
         result["retrieval"] = _retrieval(model, tokenizer, cfg)
@@ -289,7 +293,8 @@ def _retrieval(model: Any, tokenizer: Any, cfg: EvalConfig) -> dict[str, Any]:
         raise EvalInputError(f"{cfg.retrieval_shards}: split {cfg.retrieval_split!r} has {len(rows)} captioned "
                              "samples; retrieval needs at least 2")
     recalls = retrieval_recall_at_k(emb["image"][rows], emb["text"][rows], ks=(1, 5, 10))
-    return {"shards": str(cfg.retrieval_shards), "split": cfg.retrieval_split, "n": len(rows), **recalls}
+    return {"shards": str(cfg.retrieval_shards), "split": cfg.retrieval_split, "n": len(rows),
+            "samples_lost": sum(emb["lost"].values()), **recalls}
 
 
 # ----------------------------------------------------------------------------- loading a run

@@ -16,13 +16,15 @@ def cli_main(argv: list[str]) -> int:
     from pretrain.checkpoint import CheckpointError
     from pretrain.config import parse_cli
     from pretrain.data import DataLossError
+    from pretrain.init_weights import HFImportError
     from pretrain.run_lock import RunLocked
     from pretrain.train import TrainConfig, train
 
     cfg, _ = parse_cli(TrainConfig, argv, prog=PROG, description=__doc__)
     try:
         train(cfg)
-    except (CheckpointError, DataLossError, RunLocked) as err:  # one line naming the file, shards or lock holder
+    except (CheckpointError, DataLossError, HFImportError, RunLocked) as err:  # one line naming the file, shards
+        # or lock holder
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 1
     finally:

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -172,6 +174,7 @@ def test_eval_cli_end_to_end_writes_metrics_and_report(trained):
     metrics = json.loads((out / "metrics.json").read_text())
     assert sorted(metrics["datasets"]) == ["SYNTH_DRGRADING", "SYNTH_FIVES", "SYNTH_GLAUCOMA"]
     assert sum(d["n"] for d in metrics["datasets"].values()) == 45
+    assert metrics["samples_lost"] == 0 and metrics["lost_by_shard"] == {} and metrics["retrieval"]["samples_lost"] == 0
     dr = metrics["datasets"]["SYNTH_DRGRADING"]
     assert dr["grading"] and dr["classes"] == [c for c in DR_GRADES if c in dr["classes"]]
     assert "kappa" in dr["zero_shot"]
@@ -238,6 +241,23 @@ def test_eval_set_with_one_class_exits_2(trained, capsys):
     assert cli_main(eval_args(trained, **{"--eval-shards": str(trained["one_class"])})) == 2
     err = capsys.readouterr().err
     assert "SYNTH_GLAUCOMA" in err and "fewer than 2 classes" in err and str(trained["one_class"]) in err
+
+
+def test_a_sample_lost_to_damage_is_counted_in_the_metrics(trained, tmp_path, capsys):
+    damaged = tmp_path / "eval"
+    shutil.copytree(trained["eval"], damaged)
+    shard = next(damaged.glob("*.tar"))
+    with tarfile.open(shard) as tar:
+        image = next(m for m in tar.getmembers() if m.name.endswith((".jpg", ".png")))
+    with open(shard, "r+b") as fh:  # in place, so the size still matches index.json: only this image is lost
+        fh.seek(image.offset_data)
+        fh.write(b"\x00" * 64)
+    out = tmp_path / "out"
+    args = eval_args(trained, **{"--eval-shards": str(damaged)})
+    assert cli_main([*args[:-1], str(out)]) == 0, capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["samples_lost"] == 1 and metrics["lost_by_shard"] == {str(shard): 1}
+    assert sum(d["n"] for d in metrics["datasets"].values()) == 44
 
 
 def test_help_lists_the_options():
