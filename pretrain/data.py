@@ -34,6 +34,7 @@ from pretrain.samples import (ALLOWED_EXTS, CLIP_MEAN, CLIP_STD, IMAGE_EXTS, SKI
                               eval_transform, keep_member, stable_seed, train_transform)
 from shards.index import load_index, shard_urls
 from shards.knowledge import load_knowledge
+from shards.printable import error_text
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ class DataConfig:
 
 def _log_and_continue(exn: Exception) -> bool:
     """webdataset handler for shard-level failures (unreadable tar): count, log, keep streaming."""
-    SKIPPED.add("<shard>", f"shard error: {exn!r}")
+    SKIPPED.add("<shard>", f"shard error: {error_text(exn)}")
     return True
 
 

@@ -32,6 +32,7 @@ from shards.hashing import HashCache, hash_images
 from shards.images import DEFAULT_MAX_PIXELS, FORMATS, ImageOptions, ImageRejected, prepare_image
 from shards.knowledge import load_knowledge
 from shards.metadata import SHARD_FORMAT_VERSION, base_metadata
+from shards.printable import printable_text
 from shards.readers import SourceSpec, read_source
 from shards.records import Record, Reject
 from shards.tarshard import file_sha256, write_shard
@@ -324,5 +325,6 @@ def _log_summary(index: dict, rejects: list[dict]) -> None:
              len(index["shards"]))
     for reason, count in index["rejects_by_reason"].items():
         example = next(r for r in rejects if shard_index.reason_kind(r["reason"]) == reason)
-        log.warning("rejected %d row(s): %s (e.g. %s:%s %s)", count, reason, example["source"],
-                    example["line"], example["path"])
+        # paths and reasons come from the tables: escaped, so a control character never reaches the terminal
+        log.warning("rejected %d row(s): %s (e.g. %s:%s %s)", count, printable_text(reason), example["source"],
+                    example["line"], printable_text(example["path"]))
