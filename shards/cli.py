@@ -156,12 +156,7 @@ def run(command: str, args: Any, progress: bool) -> int:
         print(f"{args.dir}: {'FAILED, ' + str(len(problems)) + ' problem(s)' if problems else 'OK'}")
         return 1 if problems else 0
     elif command == "inspect":
-        from shards.summary import describe, iter_samples
-
-        for number, (shard, sample) in enumerate(iter_samples(args.dir, args.split)):
-            if number >= args.num:
-                break
-            print(describe(shard, sample))
+        return inspect_samples(args)
     elif command == "stats":
         from shards.summary import compute_stats, format_stats, plot_stats
 
@@ -170,7 +165,34 @@ def run(command: str, args: Any, progress: bool) -> int:
         if args.plot:
             plot_stats(stats, args.plot)
             print(f"plot written to {args.plot}")
+        return report_problems(command, args.dir, stats["problems"], f"counted {stats['samples']} readable sample(s)")
     return 0
+
+
+def inspect_samples(args: InspectArgs) -> int:
+    """Print up to --num samples; a damaged shard or sample is reported and skipped (exit 1)."""
+    from shards.summary import SampleError, describe, iter_samples
+
+    problems: list[str] = []
+    shown = 0
+    for shard, sample in iter_samples(args.dir, args.split, problems):
+        if shown >= args.num:
+            break
+        try:
+            print(describe(shard, sample, path=args.dir / shard))
+            shown += 1
+        except SampleError as exc:
+            problems.append(str(exc))
+    return report_problems("inspect", args.dir, problems, f"showed {shown} readable sample(s)")
+
+
+def report_problems(command: str, folder: Path, problems: list[str], done: str) -> int:
+    """One stderr line per problem, then one line saying what could still be read; 1 if there were any."""
+    for problem in problems:
+        print(f"retina-shards {command}: {problem}", file=sys.stderr)
+    if problems:
+        print(f"retina-shards {command}: error: {len(problems)} problem(s) in {folder}; {done}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def main(argv: list[str] | None = None) -> int:
