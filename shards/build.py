@@ -68,6 +68,10 @@ class BuildConfig:
             raise ValueError(f"--format must be one of {FORMATS}")
         if self.order not in ("shuffle", "source"):
             raise ValueError("--order must be 'shuffle' or 'source'")
+        if self.workers < 1:
+            raise ValueError(f"--workers must be at least 1 (1 builds in this process), got {self.workers}")
+        if self.max_pixels < 1:  # 0 would reject every image as a decompression bomb
+            raise ValueError(f"--max-pixels must be a positive pixel count, got {self.max_pixels}")
         parse_split_rule(self.split)
 
     def output_settings(self) -> dict:
@@ -94,6 +98,10 @@ def parse_split_rule(rule: str) -> list[tuple[str, float]]:
             parts.append((name, float(pct)))
         except ValueError:
             raise ValueError(f"--split {rule!r}: expected name=percent,...") from None
+        if not 0.0 <= parts[-1][1] <= 100.0:  # also refuses nan and inf
+            raise ValueError(f"--split {rule!r}: the percentage of {name!r} must be between 0 and 100")
+    if len({name for name, _ in parts}) < len(parts):
+        raise ValueError(f"--split {rule!r}: a split is named twice")
     if abs(sum(p for _, p in parts) - 100.0) > 1e-6:
         raise ValueError(f"--split {rule!r}: percentages must add up to 100")
     return parts
