@@ -13,15 +13,21 @@ PROG = "retina-pretrain train"
 
 
 def cli_main(argv: list[str]) -> int:
-    from pretrain.config import parse_cli
-    from pretrain.train import TrainConfig, train
-
     from pretrain.checkpoint import CheckpointError
+    from pretrain.config import parse_cli
+    from pretrain.init_weights import HFImportError
+    from pretrain.preflight import PreflightError, check_train_inputs
+    from pretrain.train import TrainConfig, train
 
     cfg, _ = parse_cli(TrainConfig, argv, prog=PROG, description=__doc__)
     try:
+        check_train_inputs(cfg)  # run folder, shard sets, objective options: before the model build
+    except PreflightError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    try:
         train(cfg)
-    except CheckpointError as err:  # a checkpoint that fails verification: one line naming the file
+    except (CheckpointError, HFImportError) as err:  # a checkpoint or weights file that fails: one line naming it
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 1
     finally:
