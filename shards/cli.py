@@ -130,7 +130,21 @@ def build_summary(out: Path, totals: dict[str, int]) -> str:
             f"+ duplicates {totals['duplicates']}")
 
 
+# command -> (field, flag, is a folder) of what it writes: checked before any work (shards.output_paths)
+OUTPUTS = {"synth": ("out", "--out", True), "render": ("image_root", "--image_root", True),
+           "build": ("out", "--out", True), "stats": ("plot", "--plot", False)}
+
+
+def check_outputs(command: str, args: Any) -> None:
+    from shards.output_paths import check_output_dir, check_output_file
+
+    name, flag, folder = OUTPUTS.get(command, (None, "", True))
+    if name is not None and (path := getattr(args, name)) is not None:
+        (check_output_dir if folder else check_output_file)(path, flag)
+
+
 def run(command: str, args: Any, progress: bool) -> int:
+    check_outputs(command, args)
     if command == "synth":
         from shards.synth import synthesize
 
