@@ -105,3 +105,16 @@ def test_a_garbled_shard_is_named_with_the_byte_where_it_breaks(shard_set, capsy
 def test_a_sound_set_reports_no_problem(tiny_shards, capsys):
     code, out, err = _run(capsys, "stats", str(tiny_shards["public"]), "--json")
     assert code == 0 and err == "" and json.loads(out)["problems"] == [] and json.loads(out)["samples"] == 40
+
+
+def test_evaluation_names_a_damaged_sample(tiny_shards, tmp_path):
+    from pretrain.eval_inputs import EvalInputError, shard_metadata
+
+    folder = Path(shutil.copytree(tiny_shards["eval"], tmp_path / "eval"))
+    shard = _first_shard(folder)
+    key = _rewrite(shard, lambda name, data: b"\x00\xff" * 300 if name.endswith(".json") else data)
+    with pytest.raises(EvalInputError) as raised:
+        shard_metadata(folder, "test")
+    message = str(raised.value)
+    assert message.startswith(f"{shard}: sample {key}: no usable json member (JSONDecodeError: ")
+    assert r"starts b'\x00\xff" in message and "(600 bytes)" in message and "\x00" not in message
