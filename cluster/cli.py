@@ -27,6 +27,7 @@ from typing import Any
 from cluster import local
 from shards.cli import BuildArgs, build_config, build_summary
 from shards.commandline import Command, parse_command, subcommand_parser
+from shards.output_paths import check_output_dir
 
 __all__ = ["COMMANDS", "main", "parser", "run", "split_train_args"]
 
@@ -203,6 +204,7 @@ def _job(command: str, args: Any) -> int:
 def _shards(args: ShardsArgs) -> int:
     from cluster.shards_job import build_with_ray
 
+    check_output_dir(args.out, "--out")
     totals = build_with_ray(build_config(args, progress=False), tasks=args.tasks, address=args.address)["totals"]
     print(build_summary(args.out, totals))
     return 0
@@ -211,6 +213,7 @@ def _shards(args: ShardsArgs) -> int:
 def _embed(args: EmbedArgs) -> int:
     from cluster.embed import EmbedConfig, embed_with_ray
 
+    check_output_dir(args.out, "--out")
     cfg = EmbedConfig(run=args.run, checkpoint=args.checkpoint, shards=args.shards, split=args.split,
                       out=args.out, chunk=args.chunk, batch_size=args.batch_size)
     summary = embed_with_ray(cfg, tasks=args.tasks, address=args.address, cpus_per_task=args.cpus_per_task,

@@ -54,7 +54,7 @@ def _validated(cls: type[T], args: list[str], where: str) -> T:
     parser = _parser(cls)
     try:
         return instantiate(parser, parser.parse_args(args), cls)
-    except (argparse.ArgumentError, TypeError) as err:
+    except (argparse.ArgumentError, TypeError, ValueError) as err:  # ValueError: a config's own checks
         message = explain_error(str(err), parser)
         raise ValueError(message if message.startswith(where) else f"{where}: {message}") from None
 
@@ -74,7 +74,7 @@ def from_dict(cls: type[T], data: dict, *, where: str = "config") -> T:
     parser = _parser(cls)
     try:
         return instantiate(parser, parser.parse_object(to_dict(data)), cls)
-    except (argparse.ArgumentError, TypeError) as err:
+    except (argparse.ArgumentError, TypeError, ValueError) as err:
         raise ValueError(f"{where}: {err}") from None
 
 

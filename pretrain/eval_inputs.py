@@ -13,6 +13,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from shards.printable import error_text, printable
+
 __all__ = ["EvalInputError", "finite_or_none", "shard_metadata", "shard_urls_or_fail"]
 
 
@@ -42,7 +44,11 @@ def shard_metadata(shard_dir: str | Path, split: str) -> dict[str, dict]:
                                 wds.tarfile_to_samples(select_files=keep))
     out = {}
     for sample in pipeline:
-        meta = json.loads(sample["json"])
+        try:
+            meta = json.loads(sample["json"])
+        except (KeyError, ValueError) as err:  # a damaged sample: name it rather than fail with a traceback
+            raise EvalInputError(f"{sample.get('__url__', shard_dir)}: sample {sample['__key__']}: no usable json "
+                                 f"member ({error_text(err)}); starts {printable(sample.get('json', b''))}") from None
         meta["has_caption"] = bool(sample.get("txt", b"").strip())
         out[sample["__key__"]] = meta
     return out

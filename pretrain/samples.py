@@ -25,6 +25,7 @@ from torchvision.transforms import v2
 
 from pretrain.data_loss import LOSSES, short_text
 from shards.knowledge import Knowledge
+from shards.printable import error_text, printable
 
 log = logging.getLogger("pretrain.data")
 
@@ -147,12 +148,12 @@ def decode_sample(sample: dict, *, kb: Knowledge, vocab_ids: dict[str, int], tra
         if not isinstance(meta, dict):
             raise ValueError("json is not an object")
     except (KeyError, ValueError, UnicodeDecodeError) as exc:
-        SKIPPED.add(key, f"bad json: {exc!r}", shard)
+        SKIPPED.add(key, f"bad json: {error_text(exc)}; starts {printable(sample.get('json', b''))}", shard)
         return None
     try:
         image = _decode_image(sample[image_ext])
     except Exception as exc:  # PIL raises many types for bad bytes; any of them means "skip"
-        SKIPPED.add(key, f"bad image: {exc!r}", shard)
+        SKIPPED.add(key, f"bad image: {error_text(exc)}; starts {printable(sample[image_ext])}", shard)
         return None
     caption = sample.get("txt", b"").decode("utf-8", errors="replace").strip()
     category = None
@@ -163,7 +164,7 @@ def decode_sample(sample: dict, *, kb: Knowledge, vocab_ids: dict[str, int], tra
         try:
             caption, category = _sample_caption(meta, kb, rng)
         except (ValueError, TypeError) as exc:
-            SKIPPED.add(key, f"cannot build a caption: {exc!r}", shard)
+            SKIPPED.add(key, f"cannot build a caption: {error_text(exc)}", shard)
             return None
     # The label of the sampled category is the caption's class (for class-aware contrastive losses).
     category_id = vocab_ids.get(kb.normalize(category) or category, -1) if category else _first_label(meta)

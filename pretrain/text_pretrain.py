@@ -39,6 +39,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from pretrain.config_checks import check_engine, check_run
 from pretrain.engine import EngineConfig
 from pretrain.loop import RunConfig
 from pretrain.samples import stable_seed
@@ -92,6 +93,12 @@ class TextPretrainConfig:
     out: str | None = None
     """Folder of the pretrained encoder + tokenizer (transformers format), replaced at the end if it is empty or a
     model folder; default RUN_DIR/text_model."""
+
+    def __post_init__(self) -> None:  # refused while parsing, as retina-pretrain train's config is
+        check_run(self.run)
+        check_engine(self.engine)
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
 # ----------------------------------------------------------------------------- corpus

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pretrain.checkpoint import save_run_config
+from pretrain.config_checks import check_train_config
 from pretrain.data import LOSSES, SKIPPED, DataConfig, check_training_data, make_loader
 from pretrain.engine import EngineConfig, build_engine, init_distributed_env
 from pretrain.loop import CheckpointHook, RunConfig, TrainingLoop, rank_world, seed_everything
@@ -49,6 +50,9 @@ class TrainConfig:
     """Keyword options of the method's objective (see its class), e.g. {use_multi_hot: true} for flair."""
     loss_weights: dict[str, float] = field(default_factory=dict)
     """Weight of each loss term of the objective (missing = 1.0), e.g. {contrastive: 1.0}."""
+
+    def __post_init__(self) -> None:
+        check_train_config(self)  # nonsense is refused while parsing, before a model is built or DeepSpeed starts
 
 
 def scheduled_engine_config(engine: EngineConfig, run_steps: int, micro_batch_size: int) -> EngineConfig:

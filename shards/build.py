@@ -34,6 +34,7 @@ from shards.images import DEFAULT_MAX_PIXELS, FORMATS, ImageOptions, ImageReject
 from shards.knowledge import load_knowledge
 from shards.metadata import SHARD_FORMAT_VERSION, base_metadata
 from shards.out_folder import claim_out_folder
+from shards.printable import printable_text
 from shards.readers import SourceSpec, read_source
 from shards.records import Record, Reject
 from shards.tarshard import file_sha256, write_shard
@@ -69,6 +70,10 @@ class BuildConfig:
             raise ValueError(f"--format must be one of {FORMATS}")
         if self.order not in ("shuffle", "source"):
             raise ValueError("--order must be 'shuffle' or 'source'")
+        if self.workers < 1:
+            raise ValueError(f"--workers must be at least 1 (1 builds in this process), got {self.workers}")
+        if self.max_pixels < 1:  # 0 would reject every image as a decompression bomb
+            raise ValueError(f"--max-pixels must be a positive pixel count, got {self.max_pixels}")
         parse_split_rule(self.split)
 
     def output_settings(self) -> dict:
@@ -95,6 +100,10 @@ def parse_split_rule(rule: str) -> list[tuple[str, float]]:
             parts.append((name, float(pct)))
         except ValueError:
             raise ValueError(f"--split {rule!r}: expected name=percent,...") from None
+        if not 0.0 <= parts[-1][1] <= 100.0:  # also refuses nan and inf
+            raise ValueError(f"--split {rule!r}: the percentage of {name!r} must be between 0 and 100")
+    if len({name for name, _ in parts}) < len(parts):
+        raise ValueError(f"--split {rule!r}: a split is named twice")
     if abs(sum(p for _, p in parts) - 100.0) > 1e-6:
         raise ValueError(f"--split {rule!r}: percentages must add up to 100")
     return parts
@@ -325,5 +334,6 @@ def _log_summary(index: dict, rejects: list[dict]) -> None:
              len(index["shards"]))
     for reason, count in index["rejects_by_reason"].items():
         example = next(r for r in rejects if shard_index.reason_kind(r["reason"]) == reason)
-        log.warning("rejected %d row(s): %s (e.g. %s:%s %s)", count, reason, example["source"],
-                    example["line"], example["path"])
+        # paths and reasons come from the tables: escaped, so a control character never reaches the terminal
+        log.warning("rejected %d row(s): %s (e.g. %s:%s %s)", count, printable_text(reason), example["source"],
+                    example["line"], printable_text(example["path"]))

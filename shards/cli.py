@@ -130,7 +130,21 @@ def build_summary(out: Path, totals: dict[str, int]) -> str:
             f"+ duplicates {totals['duplicates']}")
 
 
+# command -> (field, flag, is a folder) of what it writes: checked before any work (shards.output_paths)
+OUTPUTS = {"synth": ("out", "--out", True), "render": ("image_root", "--image_root", True),
+           "build": ("out", "--out", True), "stats": ("plot", "--plot", False)}
+
+
+def check_outputs(command: str, args: Any) -> None:
+    from shards.output_paths import check_output_dir, check_output_file
+
+    name, flag, folder = OUTPUTS.get(command, (None, "", True))
+    if name is not None and (path := getattr(args, name)) is not None:
+        (check_output_dir if folder else check_output_file)(path, flag)
+
+
 def run(command: str, args: Any, progress: bool) -> int:
+    check_outputs(command, args)
     if command == "synth":
         from shards.synth import synthesize
 
@@ -156,12 +170,7 @@ def run(command: str, args: Any, progress: bool) -> int:
         print(f"{args.dir}: {'FAILED, ' + str(len(problems)) + ' problem(s)' if problems else 'OK'}")
         return 1 if problems else 0
     elif command == "inspect":
-        from shards.summary import describe, iter_samples
-
-        for number, (shard, sample) in enumerate(iter_samples(args.dir, args.split)):
-            if number >= args.num:
-                break
-            print(describe(shard, sample))
+        return inspect_samples(args)
     elif command == "stats":
         from shards.summary import compute_stats, format_stats, plot_stats
 
@@ -170,7 +179,34 @@ def run(command: str, args: Any, progress: bool) -> int:
         if args.plot:
             plot_stats(stats, args.plot)
             print(f"plot written to {args.plot}")
+        return report_problems(command, args.dir, stats["problems"], f"counted {stats['samples']} readable sample(s)")
     return 0
+
+
+def inspect_samples(args: InspectArgs) -> int:
+    """Print up to --num samples; a damaged shard or sample is reported and skipped (exit 1)."""
+    from shards.summary import SampleError, describe, iter_samples
+
+    problems: list[str] = []
+    shown = 0
+    for shard, sample in iter_samples(args.dir, args.split, problems):
+        if shown >= args.num:
+            break
+        try:
+            print(describe(shard, sample, path=args.dir / shard))
+            shown += 1
+        except SampleError as exc:
+            problems.append(str(exc))
+    return report_problems("inspect", args.dir, problems, f"showed {shown} readable sample(s)")
+
+
+def report_problems(command: str, folder: Path, problems: list[str], done: str) -> int:
+    """One stderr line per problem, then one line saying what could still be read; 1 if there were any."""
+    for problem in problems:
+        print(f"retina-shards {command}: {problem}", file=sys.stderr)
+    if problems:
+        print(f"retina-shards {command}: error: {len(problems)} problem(s) in {folder}; {done}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def main(argv: list[str] | None = None) -> int:

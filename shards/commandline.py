@@ -40,6 +40,8 @@ import jsonargparse
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
+from shards.printable import printable, printable_text
+
 __all__ = ["Command", "ConfigFile", "check_keys", "command_parser", "deep_merge", "explain_error", "field_docs",
            "instantiate", "legacy_argv", "load_yaml", "parse_command", "schema_keys", "subcommand_parser"]
 
@@ -54,20 +56,41 @@ HELP_CONFIG_GONE = ("--help-config is gone: --help lists every option (dotted, w
 
 def load_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
     """Read a YAML mapping; a top-level `base:` (a path or a list, relative to this file) is merged under it."""
-    path = Path(path).resolve()
+    shown, path = path, Path(path).resolve()  # messages name the file as it was given
     if path in _chain:
         raise ValueError(f"config 'base' cycle: {' -> '.join(str(p) for p in (*_chain, path))}")
-    with path.open(encoding="utf-8") as fh:
-        data = yaml.safe_load(fh)
+    data = _parse_yaml_file(shown)
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: a config file must hold a mapping, got {type(data).__name__}")
+        raise ValueError(f"{shown}: a config file must hold a mapping, got {type(data).__name__}")
     bases = data.pop("base", None) or []
     merged: dict = {}
     for base in [bases] if isinstance(bases, (str, Path)) else bases:
         merged = deep_merge(merged, load_yaml(path.parent / base, (*_chain, path)))
     return deep_merge(merged, data)
+
+
+def _parse_yaml_file(path: str | Path) -> Any:
+    """The YAML document of a file; any problem is one ValueError line naming the file (never a parser traceback,
+    never the raw bytes of a binary file)."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read: {err.strerror or err}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+        if "\0" in text:
+            raise ValueError("NUL byte")
+    except ValueError:
+        raise ValueError(f"{path}: not a YAML text file (binary; starts {printable(raw, 24)})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ValueError(f"{path}: not valid YAML{at}: {printable_text(what)}") from None
 
 
 def deep_merge(base: Mapping, child: Mapping) -> dict:
@@ -323,5 +346,6 @@ def explain_error(message: str, parser: ArgumentParser) -> str:
 
 
 def _fail(prog: str, message: str) -> typing.NoReturn:
+    message = " ".join(line.strip() for line in message.splitlines() if line.strip())  # jsonargparse wraps lines
     print(f"{prog}: error: {message}", file=sys.stderr)
     raise SystemExit(2)

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from shards.build import SHARD_NAME
 from shards.index import load_index
-from shards.tarshard import file_sha256, read_shard
+from shards.tarshard import ShardReadError, file_sha256, read_shard
 
 IMAGE_EXTENSIONS = ("jpg", "png")
 
@@ -63,8 +63,8 @@ def verify(out: Path, progress: bool = True) -> list[str]:
             problems.append(f"{entry['name']}: sha256 does not match index.json")
         try:
             samples = read_shard(path)
-        except Exception as exc:  # a torn or foreign tar
-            problems.append(f"{entry['name']}: unreadable: {exc}")
+        except (ShardReadError, OSError) as exc:  # a torn or foreign tar
+            problems.append(f"{entry['name']}: unreadable: {getattr(exc, 'problem', exc)}")
             continue
         if len(samples) != entry["samples"]:
             problems.append(f"{entry['name']}: {len(samples)} samples, index says {entry['samples']}")

@@ -35,6 +35,7 @@ def _run(cfg) -> int:
 
     from pretrain.eval_inputs import shard_urls_or_fail
     from pretrain.evaluate import EvalInputError, evaluate, load_run_model, write_metrics
+    from shards.output_paths import OutputPathError, check_output_dir
 
     if cfg.run is None or cfg.eval_shards is None:
         raise EvalInputError("--run and --eval_shards are required")
@@ -42,6 +43,11 @@ def _run(cfg) -> int:
         raise EvalInputError("--batch_size, --k_shot_repeats and every --k_shots value must be >= 1")
     if not 0.0 < cfg.probe_train_fraction < 1.0:
         raise EvalInputError(f"--probe_train_fraction must be in (0, 1), got {cfg.probe_train_fraction}")
+    out_dir = Path(cfg.out) if cfg.out else Path(cfg.run) / "eval"
+    try:
+        check_output_dir(out_dir, "--out" if cfg.out else "--run (its eval/ folder)")
+    except OutputPathError as err:
+        raise EvalInputError(str(err)) from None
     # Check the shard sets before the (slower) model load, so a typo fails in a second.
     shard_urls_or_fail(cfg.eval_shards, cfg.split)
     if cfg.retrieval_shards is not None:
@@ -49,7 +55,6 @@ def _run(cfg) -> int:
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer, _ = load_run_model(cfg.run, cfg.checkpoint, device)
     metrics = {"run": str(cfg.run), "checkpoint": str(cfg.checkpoint or cfg.run), **evaluate(model, tokenizer, cfg)}
-    out_dir = Path(cfg.out) if cfg.out else Path(cfg.run) / "eval"
     path = write_metrics(metrics, out_dir)
     print(format_table(metrics))
     print(f"metrics: {path}")

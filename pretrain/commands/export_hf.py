@@ -47,6 +47,7 @@ def cli_main(argv: list[str]) -> int:
     from pretrain.checkpoint import CheckpointError
     from pretrain.hf import export
     from shards.commandline import Command, command_parser, parse_command
+    from shards.output_paths import OutputPathError, check_output_dir
 
     parser = command_parser(Command(ExportArgs, **COMMAND_ARGS), prog=PROG, description=__doc__,
                             epilog=export.__doc__)
@@ -55,6 +56,11 @@ def cli_main(argv: list[str]) -> int:
         print(f"{PROG}: error: give at most one of --vision_only and --text_only", file=sys.stderr)
         return 2
     mode = "vision" if args.vision_only else "text" if args.text_only else "full"
+    try:
+        check_output_dir(args.out, "OUT")
+    except OutputPathError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
     try:
         out = export.export_hf(args.checkpoint, args.out, config=args.config, eval_results=args.eval_results,
                                overwrite=args.overwrite, verify=args.verify, mode=mode)

@@ -37,12 +37,21 @@ def cli_main(argv: list[str]) -> int:
     from pretrain.hf import importer
     from pretrain.hf.export import ExportError
     from shards.commandline import Command, command_parser, parse_command
+    from shards.output_paths import OutputPathError, check_output_dir, check_output_file
 
     parser = command_parser(Command(ImportArgs, positional=("dir",)), prog=PROG, description=__doc__,
                             epilog=importer.__doc__)
     _, args = parse_command(parser, argv)
     if sum(x is not None for x in (args.out, args.vision_only, args.text_only)) != 1:
         print(f"{PROG}: error: give exactly one of --out, --vision_only and --text_only", file=sys.stderr)
+        return 2
+    try:
+        if args.out:
+            check_output_file(args.out, "--out")
+        else:
+            check_output_dir(args.vision_only or args.text_only, "--vision_only" if args.vision_only else "--text_only")
+    except OutputPathError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
     try:
         if args.out:

@@ -13,9 +13,13 @@ def cli_main(argv: list[str]) -> int:
     from pretrain import text_pretrain as stage1
     from pretrain.config import parse_cli
     from pretrain.run_lock import RunLocked
+    from shards.output_paths import check_output_dir
 
     cfg, _ = parse_cli(stage1.TextPretrainConfig, argv, prog=PROG, description=stage1.__doc__)
     try:
+        check_output_dir(cfg.run.dir, "--run.dir")
+        if cfg.out is not None:
+            check_output_dir(cfg.out, "--out")
         stage1.text_pretrain(cfg)
     except (ValueError, FileNotFoundError, FileExistsError) as err:  # FileExistsError: an OUT it must not replace
         print(f"{PROG}: error: {err}", file=sys.stderr)

@@ -17,10 +17,16 @@ def cli_main(argv: list[str]) -> int:
     from pretrain.config import parse_cli
     from pretrain.data import DataLossError
     from pretrain.init_weights import HFImportError
+    from pretrain.preflight import PreflightError, check_train_inputs
     from pretrain.run_lock import RunLocked
     from pretrain.train import TrainConfig, train
 
     cfg, _ = parse_cli(TrainConfig, argv, prog=PROG, description=__doc__)
+    try:
+        check_train_inputs(cfg)  # run folder, shard sets, objective options: before the model build
+    except PreflightError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
     try:
         train(cfg)
     except (CheckpointError, DataLossError, HFImportError, RunLocked) as err:  # one line naming the file, shards

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pretrain.init_weights import HFImportError, weights_file
+from pretrain.init_weights import HFImportError, read_weights, weights_file
 
 __all__ = ["HFImportError", "load_export", "split_export", "train_config_from_export"]
 
@@ -35,8 +35,6 @@ log = logging.getLogger("pretrain.hf.importer")
 
 def load_export(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(config.json as a dict, model.safetensors) of an export folder."""
-    from safetensors.torch import load_file
-
     directory = Path(directory)
     try:
         config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
@@ -45,7 +43,7 @@ def load_export(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.
     if config.get("model_type") != "retinascale":
         raise HFImportError(f"{str(directory)!r}: config.json has model_type {config.get('model_type')!r}, "
                            "not 'retinascale'")
-    return config, load_file(str(weights_file(directory)))
+    return config, read_weights(weights_file(directory))
 
 
 def _text_overrides(text_config: dict[str, Any]) -> dict[str, Any]:

@@ -57,8 +57,12 @@ class SourceSpec:
 
 
 def read_source(spec: SourceSpec) -> list[Item]:
-    """Every item of a source, in file and row order. File-level problems raise SourceError."""
-    return list(READERS[spec.kind](spec.path, spec.image_root))
+    """Every item of a source, in file and row order. File-level problems raise SourceError, and so does a
+    source without a single row (a header-only CSV would otherwise build an empty shard set, exit 0)."""
+    items = list(READERS[spec.kind](spec.path, spec.image_root))
+    if not items:
+        raise SourceError(f"{spec.path}: no rows (source {spec}: a header and nothing else?)")
+    return items
 
 
 __all__ = ["READERS", "SourceSpec", "SourceError", "read_source"]

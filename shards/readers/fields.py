@@ -67,6 +67,8 @@ def resolve_image(root: Path, raw: str) -> Path:
     path = raw.strip().replace("\\", "/")
     if not path:
         raise RowError("empty image path")
+    if "\0" in path:  # no file system allows it; open() would fail the whole build with "embedded null byte"
+        raise RowError(f"image path holds a NUL byte: {raw[:80]!r}")
     if path.startswith("/") or (len(path) > 1 and path[1] == ":"):
         raise RowError(f"absolute image path not allowed (must be relative to the image root): {raw!r}")
     normal = posixpath.normpath(path)
