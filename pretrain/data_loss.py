@@ -25,23 +25,17 @@ from pathlib import Path
 from typing import Any
 
 from shards.index import load_index
+from shards.printable import error_text
 from shards.tarshard import file_sha256
 
 log = logging.getLogger("pretrain.data")
 
 __all__ = ["LOSSES", "DataLossError", "LossLedger", "ShardCheck", "check_shards", "describe_losses",
-           "lost_fraction", "merge", "read_shards", "short_text"]
+           "lost_fraction", "merge", "read_shards"]
 
 
 class DataLossError(RuntimeError):
     """More samples were lost than data.max_lost_fraction allows; the message names the shards."""
-
-
-def short_text(value: Any, limit: int = 120) -> str:
-    """One printable line of at most `limit` characters: binary garbage is escaped, never printed raw."""
-    text = value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else str(value)
-    text = text.encode("unicode_escape").decode("ascii")  # control bytes and newlines become \\x.. escapes
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # ----------------------------------------------------------------------------- one process's ledger
@@ -69,9 +63,9 @@ class LossLedger:
         lost = expected - read
         if lost <= 0:
             if error is not None:
-                log.warning("%s: %s after all %d samples (nothing lost)", shard, short_text(error), read)
+                log.warning("%s: %s after all %d samples (nothing lost)", shard, error_text(error), read)
             return
-        reason = f"tar ends after {read} of {expected} samples" + (f": {short_text(error)}" if error else "")
+        reason = f"tar ends after {read} of {expected} samples" + (f": {error_text(error)}" if error else "")
         if shard not in self.unread:
             log.warning("%s: %d samples lost: %s", shard, lost, reason)
         if lost > self.unread.get(shard, (0, ""))[0]:

@@ -23,9 +23,9 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from pretrain.data_loss import LOSSES, short_text
+from pretrain.data_loss import LOSSES
 from shards.knowledge import Knowledge
-from shards.printable import error_text, printable
+from shards.printable import error_text, printable, printable_text
 
 log = logging.getLogger("pretrain.data")
 
@@ -50,7 +50,7 @@ class SkipCounter:
         self.logged: set[str] = set()
 
     def add(self, key: str, reason: str, shard: str = "") -> None:
-        reason = short_text(reason)
+        reason = printable_text(reason, 500)  # the reasons quote bytes with shards.printable; this is the last guard
         self.counts[reason.split(":", 1)[0]] += 1
         LOSSES.bad_sample(shard, key, reason)  # the per-shard account of lost samples (pretrain.data_loss)
         if key not in self.logged:
@@ -137,7 +137,7 @@ def _first_label(meta: dict) -> int:
 def decode_sample(sample: dict, *, kb: Knowledge, vocab_ids: dict[str, int], transform: Callable,
                   rng: random.Random) -> dict | None:
     """Raw tar sample -> model-ready sample, or None (counted in SKIPPED) when it cannot be used."""
-    key = short_text(sample.get("__key__", "<unknown>"), 80)
+    key = printable_text(str(sample.get("__key__", "<unknown>")), 80)
     shard = str(sample.get("__url__", ""))
     image_ext = next((ext for ext in IMAGE_EXTS if ext in sample), None)
     if image_ext is None:

@@ -51,12 +51,14 @@ def run(tmp_path) -> Path:
 
 
 @pytest.mark.parametrize("command, config", [("train", "tiny_cpu.yaml"), ("text-pretrain", "keepfit_v2_text_cpu.yaml")])
-def test_a_second_training_is_refused_naming_the_holder(run, command, config):
+def test_a_second_training_is_refused_naming_the_holder(run, command, config, tiny_shards):
     holder = start_holder(run)
+    data = ["--data.public", str(tiny_shards["public"]), "--data.elite", str(tiny_shards["elite"])]
     try:
         before = contents(run)
         second = subprocess.run([sys.executable, "-m", "pretrain", command, "--config",
-                                 f"pretrain/configs/{config}", "--run.dir", str(run), "--run.steps", "1"],
+                                 f"pretrain/configs/{config}", "--run.dir", str(run), "--run.steps", "1",
+                                 *(data if command == "train" else [])],
                                 capture_output=True, text=True, cwd=REPO, env=ENV, timeout=300)
         assert second.returncode == 1, second.stdout + second.stderr
         error = second.stderr.strip().splitlines()[-1]
