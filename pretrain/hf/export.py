@@ -57,6 +57,9 @@ AUTO_MAP = {
     "AutoModel": "modeling_retinascale.RetinaScaleModel",
     "AutoModelForZeroShotImageClassification": "modeling_retinascale.RetinaScaleModel",
 }
+POOLING_NOTES = {"cls": "last_hidden_state[:, 0]",
+                 "flair": "mean over tokens (padding included) of hidden_states[1], [2], [-1], then of the three",
+                 "flair_masked": "mean over unpadded tokens of hidden_states[1], [2], [-1], then of the three"}
 TEXT_CONFIG_DROP = ("architectures", "transformers_version", "_name_or_path", "dtype", "torch_dtype",
                      "_attn_implementation", "_attn_implementation_autoset", "_commit_hash")
 
@@ -119,6 +122,7 @@ def build_hf_config(cfg: Any, decoder: dict[str, Any] | None = None) -> Any:
                        "model_kwargs": dict(cfg.vision.model_kwargs)},
         text_config=text_config_dict(cfg.text), embed_dim=int(cfg.embed_dim),
         logit_scale_init_value=math.log(cfg.init_logit_scale), max_logit_scale=float(cfg.max_logit_scale),
+        min_logit_scale=float(cfg.min_logit_scale), text_pooling=cfg.text.pooling,
         caption_decoder_config=decoder, max_text_len=int(cfg.text.max_len))
     config.architectures = ["RetinaScaleModel"]
     config.auto_map = dict(AUTO_MAP)
@@ -227,10 +231,10 @@ def export_vision_only(fill_dir: Path, state_dict: dict[str, torch.Tensor], visi
 
 
 def export_text_only(fill_dir: Path, state_dict: dict[str, torch.Tensor], text_config: dict[str, Any],
-                     tokenizer: Any) -> None:
+                     tokenizer: Any, pooling: str = "cls") -> None:
     """A transformers folder for AutoModel.from_pretrained (a BertModel for BERT towers) + the tokenizer, plus
     projection.safetensors (the text projection head's weight). The pooler was never trained (the tower pools
-    [CLS]): use last_hidden_state[:, 0]; the pooler loads with its fresh initialisation."""
+    [CLS] or FLAIR's layer mean, `pooling`, noted in projection.safetensors); it loads freshly initialised."""
     from transformers import AutoConfig, AutoModel
 
     prefix = "text_model.model."
@@ -245,7 +249,8 @@ def export_text_only(fill_dir: Path, state_dict: dict[str, torch.Tensor], text_c
     tokenizer.save_pretrained(fill_dir)
     if "text_projection.proj.weight" in state_dict:
         _save_safetensors({"weight": state_dict["text_projection.proj.weight"]}, fill_dir / "projection.safetensors",
-                          {"note": "FLAIR head: normalize(W @ normalize(last_hidden_state[:, 0]))"})
+                          {"note": "FLAIR head: normalize(W @ normalize(pooled)); pooled: "
+                           + POOLING_NOTES.get(pooling, pooling), "pooling": pooling})
 
 
 def _refuse_overlap(out: Path, run_dir: Path) -> None:
@@ -283,7 +288,7 @@ def export_hf(checkpoint: str | Path, out: str | Path, *, config: str | Path | N
                                 overwrite)
     if mode == "text":
         return write_atomically(out, lambda tmp: export_text_only(tmp, state_dict, hf_config.text_config,
-                                                                  run.tokenizer), overwrite)
+                                                                  run.tokenizer, hf_config.text_pooling), overwrite)
 
     def fill_full(tmp: Path) -> None:
         from pretrain.hf.model_card import last_metrics, model_card
