@@ -46,7 +46,7 @@ from typing import Any, Callable
 import torch
 
 __all__ = ["ExportError", "build_hf_config", "caption_decoder_config", "export_hf", "export_text_only",
-           "export_vision_only", "model_config_from_run", "write_atomically"]
+           "export_vision_only", "fill_full_export", "image_processor", "model_config_from_run", "write_atomically"]
 
 log = logging.getLogger("pretrain.hf.export")
 
@@ -190,16 +190,37 @@ def _save_safetensors(state_dict: dict[str, torch.Tensor], path: Path, metadata:
               metadata={"format": "pt", **(metadata or {})})
 
 
-def _image_processor(image_size: int) -> Any:
+def image_processor(image_size: int, normalize: bool = True) -> Any:
+    """pretrain.data.eval_transform as a CLIPImageProcessor: shard images are square canvases; resize (bilinear,
+    antialiased), scale to [0, 1], normalise with CLIP's mean/std (normalize=False: stop at [0, 1], as FLAIR's
+    released models expect). No crop."""
     from transformers import CLIPImageProcessor
 
     from pretrain.data import CLIP_MEAN, CLIP_STD
 
-    # pretrain.data.eval_transform: shard images are square canvases; resize (bilinear, antialiased), scale to
-    # [0, 1], normalise with CLIP's mean/std. No crop.
     return CLIPImageProcessor(do_resize=True, size={"height": image_size, "width": image_size}, resample=2,
-                              do_center_crop=False, do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
+                              do_center_crop=False, do_rescale=True, rescale_factor=1 / 255, do_normalize=normalize,
                               image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD), do_convert_rgb=True)
+
+
+def fill_full_export(tmp: Path, model: torch.nn.Module, state_dict: dict[str, torch.Tensor], hf_config: Any,
+                     tokenizer: Any, card: str, *, verify: bool = True, processor: Any = None,
+                     what: str = "the model") -> None:
+    """Write a full export of `model` (a RetinaCLIP whose weights are state_dict) into tmp: config.json,
+    model.safetensors, the modeling file, the tokenizer, preprocessor_config.json (default: image_processor of
+    the model's image size) and README.md (card)."""
+    from pretrain.hf.modeling_retinascale import RetinaScaleModel
+
+    hf_model = RetinaScaleModel(hf_config).eval()
+    _load_state(hf_model, state_dict, what)
+    if verify:
+        log.info("export check: max feature difference %.3g", verify_against_training_model(model, hf_model))
+    hf_config.save_pretrained(tmp)
+    _save_safetensors(state_dict, tmp / "model.safetensors")
+    shutil.copyfile(Path(__file__).with_name(MODELING_FILE), tmp / MODELING_FILE)
+    tokenizer.save_pretrained(tmp)
+    (processor or image_processor(int(model.config.vision.image_size))).save_pretrained(tmp)
+    (tmp / "README.md").write_text(card, encoding="utf-8")
 
 
 def export_vision_only(fill_dir: Path, state_dict: dict[str, torch.Tensor], vision_config: dict[str, Any],
@@ -292,19 +313,11 @@ def export_hf(checkpoint: str | Path, out: str | Path, *, config: str | Path | N
 
     def fill_full(tmp: Path) -> None:
         from pretrain.hf.model_card import last_metrics, model_card
-        from pretrain.hf.modeling_retinascale import RetinaScaleModel
 
-        model = RetinaScaleModel(hf_config).eval()
-        _load_state(model, state_dict, f"model section of {run.config_path}")
-        if verify:
-            log.info("export check: max feature difference %.3g", verify_against_training_model(run.model, model))
-        hf_config.save_pretrained(tmp)
-        _save_safetensors(state_dict, tmp / "model.safetensors")
-        shutil.copyfile(Path(__file__).with_name(MODELING_FILE), tmp / MODELING_FILE)
-        run.tokenizer.save_pretrained(tmp)
-        _image_processor(int(run.config.model.vision.image_size)).save_pretrained(tmp)
         card = model_card(load_yaml(run.config_path), run.checkpoint.name, hf_config, results,
                           last_metrics(run.config_path))
-        (tmp / "README.md").write_text(card, encoding="utf-8")
+        fill_full_export(tmp, run.model, state_dict, hf_config, run.tokenizer, card, verify=verify,
+                         processor=image_processor(int(run.config.model.vision.image_size)),
+                         what=f"model section of {run.config_path}")
 
     return write_atomically(out, fill_full, overwrite)
