@@ -150,6 +150,11 @@ def _build(mapped: dict[str, torch.Tensor], text: str, image_size: int, what: st
     return model.eval()
 
 
+def _sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def _card(fmt: str, path: Path, digest: str, dropped: list[str], cfg: Any) -> str:
     method = {"flair": "FLAIR (jusiro/FLAIR)", "keepfit": "KeepFIT V1 (lxirich/MM-Retinal, KeepFIT-CFP)"}[fmt]
     left_out = "\n".join(f"- `{k}`" for k in dropped) or "- nothing"
@@ -193,7 +198,7 @@ def import_released(path: str | Path, out: str | Path, fmt: str, *, text: str = 
         raise ReleasedCheckpointError(f"text {text!r}: no tokenizer ({str(err).splitlines()[0]})") from None
     state_dict = {k: v.detach().float() if v.is_floating_point() else v for k, v in model.state_dict().items()}
     hf_config = build_hf_config(model.config)
-    card = _card(fmt, path, hashlib.sha256(path.read_bytes()).hexdigest(), dropped, model.config)
+    card = _card(fmt, path, _sha256(path), dropped, model.config)
     return write_atomically(out, lambda tmp: fill_full_export(
         tmp, model, state_dict, hf_config, tokenizer, card, processor=image_processor(image_size, normalize=False),
         what=f"{fmt} checkpoint {str(path)!r}"), overwrite)
