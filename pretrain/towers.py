@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["OFFLINE_MINILM", "TEXT_POOLINGS", "TextConfig", "TextTower", "VisionConfig", "VisionTower", "build_text_tower",
-           "build_vision_tower", "flair_pool", "load_text_model", "offline_minilm_path", "resolve_text_path",
-           "text_config"]
+__all__ = ["OFFLINE_MINILM", "TEXT_POOLINGS", "TextConfig", "TextTower", "VisionConfig", "VisionTower",
+           "build_text_tower", "build_vision_tower", "flair_pool", "load_text_model", "offline_minilm_path",
+           "resolve_text_path", "text_config"]
 
 OFFLINE_MINILM = "offline-minilm"
 TEXT_POOLINGS = ("cls", "flair", "flair_masked")

@@ -9,10 +9,10 @@ Self-contained on purpose: it imports only torch, transformers and timm, so an e
 the retinascale package. The parameter names are those of the training model (pretrain.model.RetinaCLIP), so
 model.safetensors is the training state dict unchanged: `vision_model.model.*` (a headless timm model),
 `text_model.model.*` (a transformers encoder without its pooler; [CLS] or FLAIR pooling, config.text_pooling),
-`visual_projection.proj`,
-`text_projection.proj` (FLAIR's head: L2-normalise, Linear without bias, L2-normalise), `logit_scale` (log of
-the temperature multiplier, shape (1,), clamped to [min_logit_scale, max_logit_scale]) and, when the model was trained with
-KeepFIT V2's generative branch, `caption_decoder.*` (see CaptionDecoder below).
+`visual_projection.proj`, `text_projection.proj` (FLAIR's head: L2-normalise, Linear without bias,
+L2-normalise), `logit_scale` (log of the temperature multiplier, shape (1,), clamped to [min_logit_scale,
+max_logit_scale]) and, when the model was trained with KeepFIT V2's generative branch, `caption_decoder.*` (see
+CaptionDecoder below).
 """
 
 from __future__ import annotations

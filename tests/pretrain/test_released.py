@@ -1,9 +1,11 @@
-"""retina-pretrain import-checkpoint: released FLAIR / KeepFIT V1 state dicts become export folders.
+"""retina-pretrain import-checkpoint: released FLAIR / KeepFIT V1 / ViLReF state dicts become export folders.
 
 The checkpoints are built here in the public layouts (FLAIR flair/modeling/model.py FLAIRModel: torchvision
 resnet50 with fc = Identity, a transformers BertModel with its pooler, bias-free Linear heads, a 0-d
-logit_scale; KeepFIT-CFP keepfit/modeling/model.py KeepFITModel: the same plus `attention.W_{q,k,v,o}`), and
-the imported model's embeddings are compared with a forward written here from those definitions.
+logit_scale; KeepFIT-CFP keepfit/modeling/model.py KeepFITModel: the same plus `attention.W_{q,k,v,o}`;
+ViLReF/clip/model.py CLIP: an OpenAI-style VisualTransformer written here, a BertModel, projection matrices,
+inside a Chinese-CLIP training checkpoint), and the imported model's embeddings are compared with a forward
+written here from those definitions.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pretrain.cli import main
 from pretrain.hf.importer import train_config_from_export
 from pretrain.model import build_model
 from pretrain.released import ReleasedCheckpointError, read_released_state
+from pretrain.released_layouts import map_layout
 from pretrain.towers import offline_minilm_path
 
 EMBED, PX, BATCH, SEQ = 24, 64, 3, 13
@@ -191,3 +194,103 @@ def test_wrapped_and_ddp_prefixed_state_dicts_are_read(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(ReleasedCheckpointError, match="not a readable torch checkpoint"):
         read_released_state(tmp_path / "junk.pth")
+
+
+# ----------------------------------------------------------------------------- ViLReF (Chinese-CLIP layout)
+
+class _QuickGELU(torch.nn.Module):
+    def forward(self, x):
+        return x * torch.sigmoid(1.702 * x)
+
+
+class _Block(torch.nn.Module):
+    """ViLReF/clip/model.py ResidualAttentionBlock (no flash attention): sequence-first nn.MultiheadAttention."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.attn = torch.nn.MultiheadAttention(width, heads)
+        self.ln_1 = torch.nn.LayerNorm(width)
+        self.mlp = torch.nn.Sequential()
+        self.mlp.add_module("c_fc", torch.nn.Linear(width, 4 * width))
+        self.mlp.add_module("gelu", _QuickGELU())
+        self.mlp.add_module("c_proj", torch.nn.Linear(4 * width, width))
+        self.ln_2 = torch.nn.LayerNorm(width)
+
+    def forward(self, x):
+        y = self.ln_1(x)
+        x = x + self.attn(y, y, y, need_weights=False)[0]
+        return x + self.mlp(self.ln_2(x))
+
+
+class _VisualTransformer(torch.nn.Module):
+    """ViLReF/clip/model.py VisualTransformer.forward (mask_ratio 0)."""
+
+    def __init__(self, resolution: int, patch: int, width: int, layers: int, heads: int, out: int) -> None:
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, width, kernel_size=patch, stride=patch, bias=False)
+        self.class_embedding = torch.nn.Parameter(torch.randn(width) * width ** -0.5)
+        self.positional_embedding = torch.nn.Parameter(torch.randn((resolution // patch) ** 2 + 1, width) * 0.1)
+        self.ln_pre = torch.nn.LayerNorm(width)
+        self.transformer = torch.nn.Module()
+        self.transformer.resblocks = torch.nn.Sequential(*[_Block(width, heads) for _ in range(layers)])
+        self.ln_post = torch.nn.LayerNorm(width)
+        self.proj = torch.nn.Parameter(torch.randn(width, out) * width ** -0.5)
+
+    def forward(self, x):
+        x = self.conv1(x).flatten(2).permute(0, 2, 1)
+        x = torch.cat([self.class_embedding + torch.zeros(x.shape[0], 1, x.shape[-1]), x], dim=1)
+        x = self.ln_pre(x + self.positional_embedding)
+        x = self.transformer.resblocks(x.permute(1, 0, 2)).permute(1, 0, 2)
+        return self.ln_post(x[:, 0, :]) @ self.proj
+
+
+@pytest.fixture(scope="module")
+def vilref(tmp_path_factory) -> dict:
+    """A Chinese-CLIP training checkpoint (epoch, step, name, module.-prefixed state_dict, optimizer)."""
+    torch.manual_seed(31)
+    visual = _VisualTransformer(PX, 16, 128, 2, 2, EMBED).eval()
+    with torch.no_grad():  # non-trivial norms
+        for module in visual.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.weight.normal_(1, 0.1)
+                module.bias.normal_(0, 0.1)
+    bert = BertModel(BertConfig(**_bert_config()), add_pooling_layer=True).eval()
+    text_projection = torch.randn(32, EMBED) * 32 ** -0.5
+    state = {f"visual.{k}": v for k, v in visual.state_dict().items()}
+    state.update({f"bert.{k}": v for k, v in bert.state_dict().items()})
+    state.update(text_projection=text_projection, logit_scale=torch.tensor(LOGIT_SCALE))
+    file = tmp_path_factory.mktemp("vilref") / "epoch_latest.pt"
+    torch.save({"epoch": 3, "step": 30, "name": "vilref", "state_dict": {f"module.{k}": v for k, v in state.items()},
+                "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4, "params": [0, 1]}]}}, file)
+    return {"file": file, "visual": visual, "bert": bert, "text_projection": text_projection}
+
+
+def test_imported_vilref_checkpoint_embeds_like_chinese_clip(vilref, text_dir, tmp_path, capsys):
+    out = tmp_path / "export"
+    code = main(["import-checkpoint", "--format", "vilref", str(vilref["file"]), "--out", str(out), "--text",
+                 str(text_dir)])
+    assert code == 0, capsys.readouterr().err
+    config = json.loads((out / "config.json").read_text())
+    assert config["text_pooling"] == "cls" and config["vision_config"]["image_size"] == PX
+    assert json.loads((out / "preprocessor_config.json").read_text())["do_normalize"] is True
+    model = build_model(train_config_from_export(out).model).eval()
+    g = torch.Generator().manual_seed(32)
+    pixels = torch.randn(BATCH, 3, PX, PX, generator=g)
+    _, ids, mask = _inputs(33)
+    with torch.no_grad():  # CLIP.encode_image / encode_text (mask = ids != [PAD]), then L2-normalised
+        image_ref = torch.nn.functional.normalize(vilref["visual"](pixels), dim=-1)
+        cls = vilref["bert"](ids, attention_mask=ids.ne(0).long())[0][:, 0]
+        text_ref = torch.nn.functional.normalize(cls @ vilref["text_projection"], dim=-1)
+        torch.testing.assert_close(model.get_image_features(pixels), image_ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model.get_text_features(ids, mask), text_ref, atol=1e-5, rtol=1e-5)
+    assert "bert.pooler.dense.weight" in (out / "README.md").read_text()
+
+
+def test_vilref_resnet_and_a_wrong_image_size_are_refused(vilref):
+    with pytest.raises(ReleasedCheckpointError, match="ModifiedResNet"):
+        map_layout({"visual.attnpool.c_proj.weight": torch.zeros(2, 2)}, "vilref")
+    state = read_released_state(vilref["file"])
+    with pytest.raises(ReleasedCheckpointError, match=f"fix the image size at {PX}, not 224"):
+        map_layout(state, "vilref", image_size=224)
+    with pytest.raises(ReleasedCheckpointError, match="format must be one of flair, keepfit, vilref"):
+        map_layout(state, "clip")
