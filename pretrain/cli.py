@@ -3,7 +3,7 @@
     retina-pretrain train --config pretrain/configs/demo_cpu.yaml [--run.steps 20 --engine.lr 3e-4 ...]
     retina-pretrain train --help                 # every dotted option with its type, default and docstring
     retina-pretrain train --config ... --print_config   # the resolved config as YAML
-    retina-pretrain eval | text-pretrain | ablate | export-hf | import-hf --help
+    retina-pretrain eval | text-pretrain | ablate | export-hf | import-hf | import-checkpoint --help
 
 Each command lives in its own module of pretrain.commands as `cli_main(argv) -> exit status` (COMMANDS below),
 imported only when run, so a command's heavy imports never slow another. Every command parses its options
@@ -27,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("pretrain.commands.evaluate", "evaluate a checkpoint: zero-shot, linear/k-shot probes, retrieval, report"),
     "export-hf": ("pretrain.commands.export_hf", "write a checkpoint as a Hugging Face transformers directory"),
     "import-hf": ("pretrain.commands.import_hf", "initialise training from an exported Hugging Face directory"),
+    "import-checkpoint": ("pretrain.commands.import_checkpoint",
+                          "convert a released FLAIR / KeepFIT checkpoint into an export folder"),
     "text-pretrain": ("pretrain.commands.text_pretrain",
                       "KeepFIT V2 stage 1: masked-language pretraining of the text tower"),
     "ablate": ("pretrain.commands.ablate",

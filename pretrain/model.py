@@ -65,6 +65,9 @@ class ModelConfig:
     """Initial temperature multiplier (CLIP's 1/0.07); stored as its log."""
     max_logit_scale: float = 100.0
     """Upper clamp of the multiplier, as CLIP and FLAIR do, so the softmax cannot collapse."""
+    min_logit_scale: float = 0.0
+    """Lower clamp of the multiplier; 0 = none. FLAIR and KeepFIT clamp the log-scale to [0, 4.6052], i.e. the
+    multiplier to [1, 100] (FLAIR flair/modeling/model.py FLAIRModel.compute_logits): set 1.0 for that range."""
     caption_decoder: CaptionDecoderConfig | None = None
     """A caption decoder cross-attending to the image tokens (KeepFIT V2 trains it); null: none."""
     init_from: str | None = None
@@ -95,6 +98,7 @@ class RetinaCLIP(nn.Module):
         # shape (1,), not 0-d: DeepSpeed's broadcast, clipping and ZeRO-3 partitioning break on 0-d parameters
         self.logit_scale = nn.Parameter(torch.full((1,), math.log(cfg.init_logit_scale)))
         self.max_logit_scale = cfg.max_logit_scale
+        self.min_logit_scale = cfg.min_logit_scale
         self.caption_decoder = None
         if cfg.caption_decoder is not None:
             text_config = text_model.model.config
@@ -103,8 +107,9 @@ class RetinaCLIP(nn.Module):
                 text_max_len=cfg.text.max_len, image_dim=vision_model.token_dim)
 
     def logit_scale_value(self) -> torch.Tensor:
-        """exp(logit_scale) clamped at max_logit_scale (no gradient pushes it further once clamped)."""
-        return self.logit_scale.exp().clamp(max=self.max_logit_scale)
+        """exp(logit_scale) clamped to [min_logit_scale, max_logit_scale]. Clamping the value, not the parameter
+        (FLAIR clamps the parameter in place), means no gradient pushes it further once clamped."""
+        return self.logit_scale.exp().clamp(min=self.min_logit_scale, max=self.max_logit_scale)
 
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> unit-norm (B, embed_dim)."""

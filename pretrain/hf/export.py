@@ -46,7 +46,7 @@ from typing import Any, Callable
 import torch
 
 __all__ = ["ExportError", "build_hf_config", "caption_decoder_config", "export_hf", "export_text_only",
-           "export_vision_only", "model_config_from_run", "write_atomically"]
+           "export_vision_only", "fill_full_export", "image_processor", "model_config_from_run", "write_atomically"]
 
 log = logging.getLogger("pretrain.hf.export")
 
@@ -57,6 +57,9 @@ AUTO_MAP = {
     "AutoModel": "modeling_retinascale.RetinaScaleModel",
     "AutoModelForZeroShotImageClassification": "modeling_retinascale.RetinaScaleModel",
 }
+POOLING_NOTES = {"cls": "last_hidden_state[:, 0]",
+                 "flair": "mean over tokens (padding included) of hidden_states[1], [2], [-1], then of the three",
+                 "flair_masked": "mean over unpadded tokens of hidden_states[1], [2], [-1], then of the three"}
 TEXT_CONFIG_DROP = ("architectures", "transformers_version", "_name_or_path", "dtype", "torch_dtype",
                      "_attn_implementation", "_attn_implementation_autoset", "_commit_hash")
 
@@ -119,6 +122,7 @@ def build_hf_config(cfg: Any, decoder: dict[str, Any] | None = None) -> Any:
                        "model_kwargs": dict(cfg.vision.model_kwargs)},
         text_config=text_config_dict(cfg.text), embed_dim=int(cfg.embed_dim),
         logit_scale_init_value=math.log(cfg.init_logit_scale), max_logit_scale=float(cfg.max_logit_scale),
+        min_logit_scale=float(cfg.min_logit_scale), text_pooling=cfg.text.pooling,
         caption_decoder_config=decoder, max_text_len=int(cfg.text.max_len))
     config.architectures = ["RetinaScaleModel"]
     config.auto_map = dict(AUTO_MAP)
@@ -186,16 +190,37 @@ def _save_safetensors(state_dict: dict[str, torch.Tensor], path: Path, metadata:
               metadata={"format": "pt", **(metadata or {})})
 
 
-def _image_processor(image_size: int) -> Any:
+def image_processor(image_size: int, normalize: bool = True) -> Any:
+    """pretrain.data.eval_transform as a CLIPImageProcessor: shard images are square canvases; resize (bilinear,
+    antialiased), scale to [0, 1], normalise with CLIP's mean/std (normalize=False: stop at [0, 1], as FLAIR's
+    released models expect). No crop."""
     from transformers import CLIPImageProcessor
 
     from pretrain.data import CLIP_MEAN, CLIP_STD
 
-    # pretrain.data.eval_transform: shard images are square canvases; resize (bilinear, antialiased), scale to
-    # [0, 1], normalise with CLIP's mean/std. No crop.
     return CLIPImageProcessor(do_resize=True, size={"height": image_size, "width": image_size}, resample=2,
-                              do_center_crop=False, do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
+                              do_center_crop=False, do_rescale=True, rescale_factor=1 / 255, do_normalize=normalize,
                               image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD), do_convert_rgb=True)
+
+
+def fill_full_export(tmp: Path, model: torch.nn.Module, state_dict: dict[str, torch.Tensor], hf_config: Any,
+                     tokenizer: Any, card: str, *, verify: bool = True, processor: Any = None,
+                     what: str = "the model") -> None:
+    """Write a full export of `model` (a RetinaCLIP whose weights are state_dict) into tmp: config.json,
+    model.safetensors, the modeling file, the tokenizer, preprocessor_config.json (default: image_processor of
+    the model's image size) and README.md (card)."""
+    from pretrain.hf.modeling_retinascale import RetinaScaleModel
+
+    hf_model = RetinaScaleModel(hf_config).eval()
+    _load_state(hf_model, state_dict, what)
+    if verify:
+        log.info("export check: max feature difference %.3g", verify_against_training_model(model, hf_model))
+    hf_config.save_pretrained(tmp)
+    _save_safetensors(state_dict, tmp / "model.safetensors")
+    shutil.copyfile(Path(__file__).with_name(MODELING_FILE), tmp / MODELING_FILE)
+    tokenizer.save_pretrained(tmp)
+    (processor or image_processor(int(model.config.vision.image_size))).save_pretrained(tmp)
+    (tmp / "README.md").write_text(card, encoding="utf-8")
 
 
 def export_vision_only(fill_dir: Path, state_dict: dict[str, torch.Tensor], vision_config: dict[str, Any],
@@ -227,10 +252,10 @@ def export_vision_only(fill_dir: Path, state_dict: dict[str, torch.Tensor], visi
 
 
 def export_text_only(fill_dir: Path, state_dict: dict[str, torch.Tensor], text_config: dict[str, Any],
-                     tokenizer: Any) -> None:
+                     tokenizer: Any, pooling: str = "cls") -> None:
     """A transformers folder for AutoModel.from_pretrained (a BertModel for BERT towers) + the tokenizer, plus
     projection.safetensors (the text projection head's weight). The pooler was never trained (the tower pools
-    [CLS]): use last_hidden_state[:, 0]; the pooler loads with its fresh initialisation."""
+    [CLS] or FLAIR's layer mean, `pooling`, noted in projection.safetensors); it loads freshly initialised."""
     from transformers import AutoConfig, AutoModel
 
     prefix = "text_model.model."
@@ -245,7 +270,8 @@ def export_text_only(fill_dir: Path, state_dict: dict[str, torch.Tensor], text_c
     tokenizer.save_pretrained(fill_dir)
     if "text_projection.proj.weight" in state_dict:
         _save_safetensors({"weight": state_dict["text_projection.proj.weight"]}, fill_dir / "projection.safetensors",
-                          {"note": "FLAIR head: normalize(W @ normalize(last_hidden_state[:, 0]))"})
+                          {"note": "FLAIR head: normalize(W @ normalize(pooled)); pooled: "
+                           + POOLING_NOTES.get(pooling, pooling), "pooling": pooling})
 
 
 def _refuse_overlap(out: Path, run_dir: Path) -> None:
@@ -283,23 +309,15 @@ def export_hf(checkpoint: str | Path, out: str | Path, *, config: str | Path | N
                                 overwrite)
     if mode == "text":
         return write_atomically(out, lambda tmp: export_text_only(tmp, state_dict, hf_config.text_config,
-                                                                  run.tokenizer), overwrite)
+                                                                  run.tokenizer, hf_config.text_pooling), overwrite)
 
     def fill_full(tmp: Path) -> None:
         from pretrain.hf.model_card import last_metrics, model_card
-        from pretrain.hf.modeling_retinascale import RetinaScaleModel
 
-        model = RetinaScaleModel(hf_config).eval()
-        _load_state(model, state_dict, f"model section of {run.config_path}")
-        if verify:
-            log.info("export check: max feature difference %.3g", verify_against_training_model(run.model, model))
-        hf_config.save_pretrained(tmp)
-        _save_safetensors(state_dict, tmp / "model.safetensors")
-        shutil.copyfile(Path(__file__).with_name(MODELING_FILE), tmp / MODELING_FILE)
-        run.tokenizer.save_pretrained(tmp)
-        _image_processor(int(run.config.model.vision.image_size)).save_pretrained(tmp)
         card = model_card(load_yaml(run.config_path), run.checkpoint.name, hf_config, results,
                           last_metrics(run.config_path))
-        (tmp / "README.md").write_text(card, encoding="utf-8")
+        fill_full_export(tmp, run.model, state_dict, hf_config, run.tokenizer, card, verify=verify,
+                         processor=image_processor(int(run.config.model.vision.image_size)),
+                         what=f"model section of {run.config_path}")
 
     return write_atomically(out, fill_full, overwrite)

@@ -73,10 +73,11 @@ def train_config_from_export(directory: str | Path, base: str | Path | None = No
     text = dict(model.get("text") or {})
     max_len = int(config.get("max_text_len") or text.get("max_len") or 77)
     text.update(name_or_path=str(directory), random_init=True, config_overrides=_text_overrides(config["text_config"]),
-                max_len=max_len)
+                max_len=max_len, pooling=str(config.get("text_pooling", "cls")))
     model.update(vision=vision, text=text, embed_dim=int(config["embed_dim"]),
                  init_logit_scale=math.exp(float(config["logit_scale_init_value"])),
-                 max_logit_scale=float(config["max_logit_scale"]), init_from=str(directory))
+                 max_logit_scale=float(config["max_logit_scale"]),
+                 min_logit_scale=float(config.get("min_logit_scale", 0.0)), init_from=str(directory))
     decoder = config.get("caption_decoder_config")
     if decoder:  # the export's full decoder shape; what the towers already fix (vocab, image width) stays out
         model["caption_decoder"] = {k: decoder[k] for k in ("dim", "depth", "num_heads", "mlp_ratio", "max_len")}
@@ -97,5 +98,6 @@ def split_export(directory: str, out: str, which: str, overwrite: bool) -> Path:
     if which == "vision":
         return write_atomically(out, lambda tmp: export_vision_only(tmp, weights, config["vision_config"]), overwrite)
     tokenizer = AutoTokenizer.from_pretrained(directory)
-    return write_atomically(out, lambda tmp: export_text_only(tmp, weights, config["text_config"], tokenizer),
+    pooling = str(config.get("text_pooling", "cls"))
+    return write_atomically(out, lambda tmp: export_text_only(tmp, weights, config["text_config"], tokenizer, pooling),
                             overwrite)

@@ -8,10 +8,11 @@
 Self-contained on purpose: it imports only torch, transformers and timm, so an exported folder works without
 the retinascale package. The parameter names are those of the training model (pretrain.model.RetinaCLIP), so
 model.safetensors is the training state dict unchanged: `vision_model.model.*` (a headless timm model),
-`text_model.model.*` (a transformers encoder without its pooler; [CLS] pooling), `visual_projection.proj`,
-`text_projection.proj` (FLAIR's head: L2-normalise, Linear without bias, L2-normalise), `logit_scale` (log of
-the temperature multiplier, shape (1,), clamped at max_logit_scale) and, when the model was trained with
-KeepFIT V2's generative branch, `caption_decoder.*` (see CaptionDecoder below).
+`text_model.model.*` (a transformers encoder without its pooler; [CLS] or FLAIR pooling, config.text_pooling),
+`visual_projection.proj`, `text_projection.proj` (FLAIR's head: L2-normalise, Linear without bias,
+L2-normalise), `logit_scale` (log of the temperature multiplier, shape (1,), clamped to [min_logit_scale,
+max_logit_scale]) and, when the model was trained with KeepFIT V2's generative branch, `caption_decoder.*` (see
+CaptionDecoder below).
 """
 
 from __future__ import annotations
@@ -33,19 +34,23 @@ class RetinaScaleConfig(PretrainedConfig):
     """vision_config: {"name": timm model name, "image_size": int, "model_kwargs": {...}};
     text_config: a transformers encoder config as a dict (with its "model_type");
     caption_decoder_config: None, or CaptionDecoder's arguments (vocab_size, dim, depth, num_heads, max_len,
-    image_dim, mlp_ratio)."""
+    image_dim, mlp_ratio);
+    text_pooling: "cls" (last layer's [CLS]), "flair" (mean over all tokens of hidden_states[1], [2], [-1], then
+    over the three) or "flair_masked" (the same without padding); min_logit_scale: 0 = no lower clamp."""
 
     model_type = MODEL_TYPE
 
     def __init__(self, vision_config: dict[str, Any] | None = None, text_config: dict[str, Any] | None = None,
                  embed_dim: int = 512, logit_scale_init_value: float = math.log(1 / 0.07),
                  max_logit_scale: float = 100.0, caption_decoder_config: dict[str, Any] | None = None,
-                 **kwargs: Any) -> None:
+                 text_pooling: str = "cls", min_logit_scale: float = 0.0, **kwargs: Any) -> None:
         self.vision_config = dict(vision_config or {"name": "resnet50", "image_size": 512, "model_kwargs": {}})
         self.text_config = dict(text_config or {"model_type": "bert"})
         self.embed_dim = embed_dim
         self.logit_scale_init_value = logit_scale_init_value
         self.max_logit_scale = max_logit_scale
+        self.min_logit_scale = min_logit_scale
+        self.text_pooling = text_pooling
         self.caption_decoder_config = dict(caption_decoder_config) if caption_decoder_config else None
         super().__init__(**kwargs)
 
@@ -101,19 +106,33 @@ class VisionTower(nn.Module):
         return features[:, getattr(self.model, "num_prefix_tokens", 0):]
 
 
+def flair_pool(hidden_states: tuple[torch.Tensor, ...], attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """hidden_states[1], [2], [-1], each averaged over tokens (padding left out when a mask is given), averaged."""
+    layers = torch.stack([hidden_states[1], hidden_states[2], hidden_states[-1]])
+    if attention_mask is None:
+        return layers.mean(dim=2).mean(dim=0)
+    weights = attention_mask.to(layers.dtype)[None, :, :, None]
+    return ((layers * weights).sum(dim=2) / weights.sum(dim=2).clamp(min=1)).mean(dim=0)
+
+
 class TextTower(nn.Module):
-    def __init__(self, text_config: PretrainedConfig) -> None:
+    def __init__(self, text_config: PretrainedConfig, pooling: str = "cls") -> None:
         super().__init__()
         self.model = AutoModel.from_config(text_config)
         if getattr(self.model, "pooler", None) is not None:
-            self.model.pooler = None  # [CLS] pooling, as in training; the pooler was never trained
+            self.model.pooler = None  # no pooling mode reads it, as in training; the pooler was never trained
+        self.pooling = pooling
         self.num_features: int = text_config.hidden_size
 
     def forward_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True).last_hidden_state
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.forward_tokens(input_ids, attention_mask)[:, 0]
+        if self.pooling == "cls":
+            return self.forward_tokens(input_ids, attention_mask)[:, 0]
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
+                            return_dict=True).hidden_states
+        return flair_pool(hidden, attention_mask if self.pooling == "flair_masked" else None)
 
 
 class ProjectionHead(nn.Module):
@@ -203,7 +222,7 @@ class RetinaScaleModel(PreTrainedModel):
     def __init__(self, config: RetinaScaleConfig) -> None:
         super().__init__(config)
         self.vision_model = VisionTower(config.vision_config)
-        self.text_model = TextTower(config.text_encoder_config())
+        self.text_model = TextTower(config.text_encoder_config(), config.text_pooling)
         self.visual_projection = ProjectionHead(self.vision_model.num_features, config.embed_dim)
         self.text_projection = ProjectionHead(self.text_model.num_features, config.embed_dim)
         self.logit_scale = nn.Parameter(torch.full((1,), float(config.logit_scale_init_value)))
@@ -216,7 +235,7 @@ class RetinaScaleModel(PreTrainedModel):
         pass
 
     def logit_scale_value(self) -> torch.Tensor:
-        return self.logit_scale.exp().clamp(max=self.config.max_logit_scale)
+        return self.logit_scale.exp().clamp(min=self.config.min_logit_scale, max=self.config.max_logit_scale)
 
     def get_image_features(self, pixel_values: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         """(B, 3, H, W) normalised pixels -> unit-norm (B, embed_dim)."""
