@@ -186,16 +186,17 @@ def _save_safetensors(state_dict: dict[str, torch.Tensor], path: Path, metadata:
               metadata={"format": "pt", **(metadata or {})})
 
 
-def _image_processor(image_size: int) -> Any:
+def _image_processor(image_size: int, pixel_scaling: str = "clip") -> Any:
     from transformers import CLIPImageProcessor
 
-    from pretrain.data import CLIP_MEAN, CLIP_STD
+    from pretrain.samples import pixel_stats
 
-    # pretrain.data.eval_transform: shard images are square canvases; resize (bilinear, antialiased), scale to
-    # [0, 1], normalise with CLIP's mean/std. No crop.
+    # pretrain.samples.eval_transform: shard images are square canvases; resize (bilinear, antialiased), scale to
+    # [0, 1], normalise with the tower's mean/std (CLIP's, or none for unit scaling). No crop.
+    mean, std = pixel_stats(pixel_scaling)
     return CLIPImageProcessor(do_resize=True, size={"height": image_size, "width": image_size}, resample=2,
                               do_center_crop=False, do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
-                              image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD), do_convert_rgb=True)
+                              image_mean=list(mean), image_std=list(std), do_convert_rgb=True)
 
 
 def export_vision_only(fill_dir: Path, state_dict: dict[str, torch.Tensor], vision_config: dict[str, Any],
@@ -203,21 +204,22 @@ def export_vision_only(fill_dir: Path, state_dict: dict[str, torch.Tensor], visi
     """A timm folder: config.json (architecture, model_args, pretrained_cfg) + model.safetensors, loadable with
     timm.create_model("local-dir:FOLDER", pretrained=True); plus projection.safetensors (the image projection
     head's weight) when present."""
-    from pretrain.data import CLIP_MEAN, CLIP_STD
     from pretrain.hf.modeling_retinascale import create_vision_model
+    from pretrain.samples import pixel_stats
 
     prefix = "vision_model.model."
     tower = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
     model = create_vision_model(vision_config)
     _load_state(model, tower, "vision tower")
     size = int(vision_config["image_size"])
+    mean, std = pixel_stats(vision_config.get("pixel_scaling", "clip"))
     model_args = dict(vision_config.get("model_kwargs") or {})
     if "img_size" in inspect.signature(type(model).__init__).parameters:  # ViTs take it, CNNs do not
         model_args["img_size"] = size
     config = {"architecture": vision_config["name"], "num_classes": 0,
               "num_features": int(getattr(model, "num_features", 0)), "model_args": model_args,
               "pretrained_cfg": {"input_size": [3, size, size], "interpolation": "bilinear", "crop_pct": 1.0,
-                                 "crop_mode": "center", "mean": list(CLIP_MEAN), "std": list(CLIP_STD),
+                                 "crop_mode": "center", "mean": list(mean), "std": list(std),
                                  "num_classes": 0, "pool_size": None, "first_conv": None, "classifier": None}}
     (fill_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     _save_safetensors(tower, fill_dir / "model.safetensors")
@@ -297,7 +299,8 @@ def export_hf(checkpoint: str | Path, out: str | Path, *, config: str | Path | N
         _save_safetensors(state_dict, tmp / "model.safetensors")
         shutil.copyfile(Path(__file__).with_name(MODELING_FILE), tmp / MODELING_FILE)
         run.tokenizer.save_pretrained(tmp)
-        _image_processor(int(run.config.model.vision.image_size)).save_pretrained(tmp)
+        vision = run.config.model.vision
+        _image_processor(int(vision.image_size), vision.pixel_scaling).save_pretrained(tmp)
         card = model_card(load_yaml(run.config_path), run.checkpoint.name, hf_config, results,
                           last_metrics(run.config_path))
         (tmp / "README.md").write_text(card, encoding="utf-8")
