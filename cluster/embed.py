@@ -95,7 +95,7 @@ def _embed_rows(samples: list[dict], model: Any, tokenizer: Any, train_cfg: Any,
     from pretrain.samples import decode_sample, eval_transform, stable_seed
     from shards.knowledge import load_knowledge
 
-    kb, transform = load_knowledge(), eval_transform(train_cfg.data.image_size)
+    kb, transform = load_knowledge(), eval_transform(train_cfg.data.image_size, train_cfg.model.vision.pixel_scaling)
     n, dim = len(samples), train_cfg.model.embed_dim
     rows = {"image_embeds": np.zeros((n, dim), np.float32), "text_embeds": np.zeros((n, dim), np.float32),
             "keys": np.array([str(s.get("__key__", "")) for s in samples], dtype=object),

@@ -137,7 +137,8 @@ def evaluate_captions(model: Any, tokenizer: Any, shard_dir: str | Path, split: 
     hypotheses: list[str] = []
     references: list[str] = []
     keys: list[str] = []
-    for batch in eval_dataset(shard_dir, split, cfg, tokenizer):
+    scaling = getattr(model.config.vision, "pixel_scaling", "clip")
+    for batch in eval_dataset(shard_dir, split, cfg, tokenizer, pixel_scaling=scaling):
         rows = [i for i, key in enumerate(batch["keys"]) if meta[key]["has_caption"]]
         if not rows:
             continue

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -33,8 +33,9 @@ import webdataset as wds
 from torch.utils.data import get_worker_info
 
 from pretrain.data_loss import LOSSES, DataLossError, check_shards, describe_losses, lost_fraction, merge, read_shards
+from pretrain.flair_data import balance_by_dataset, flair_caption, load_flair_definitions, without_held_out
 from pretrain.samples import (ALLOWED_EXTS, CLIP_MEAN, CLIP_STD, IMAGE_EXTS, SKIPPED, SkipCounter, decode_sample,
-                              eval_transform, keep_member, stable_seed, train_transform)
+                              eval_transform, flair_train_transform, keep_member, stable_seed, train_transform)
 from shards.index import load_index
 from shards.knowledge import load_knowledge
 
@@ -87,7 +88,21 @@ class DataConfig:
     workers: int = 2
     """DataLoader worker processes per rank (0 decodes in the training process)."""
     augment: bool = True
-    """Random fundus augmentation (crop, flip, rotation, colour jitter) for training."""
+    """Random augmentation for training: our fundus augmentation (crop, flip, rotation, colour jitter), or
+    FLAIR's (flip, affine, colour jitter at FLAIR's probabilities) with style flair."""
+    style: Literal["ours", "flair"] = "ours"
+    """ours: our augmentation and prompt templates; flair: FLAIR's augmentation and caption (one template, and the
+    category swapped for one of its expert definitions), pretrain.flair_data. Pixel scaling is the image
+    tower's (model.vision.pixel_scaling; FLAIR's is unit)."""
+    flair_definitions: str | None = None
+    """style flair: FLAIR's flair/modeling/dictionary.py (read, never run) or a JSON/YAML {category: [phrases]}
+    file, for the definition swap; null: no swap."""
+    hold_out: list[str] = field(default_factory=list)
+    """Leave out every sample with a category containing one of these words, to test them as unseen categories
+    (FLAIR holds out [myopia, cataract, macular hole, retinitis pigmentosa, myopic, myope, myop, retinitis])."""
+    balance_datasets: bool = False
+    """Datasets take turns in each stream, each turn a random sample of that dataset (FLAIR's UniformDataset),
+    drawn from a buffer of shuffle_buffer samples per dataset."""
     seed: int = 0
     """Base seed of shard sampling, shuffling, caption sampling and augmentation."""
     verify_sha256: bool = False
@@ -108,6 +123,8 @@ class DataConfig:
             raise ValueError("data.max_lost_fraction must be in [0, 1]")
         if min(self.batch_size, self.elite_batch_size, self.image_size, self.max_text_len) < 1:
             raise ValueError("data: batch sizes, image_size and max_text_len must be positive")
+        if self.flair_definitions is not None and not Path(self.flair_definitions).is_file():
+            raise ValueError(f"data.flair_definitions: {self.flair_definitions} is not a file")
 
 
 def check_training_data(cfg: DataConfig) -> None:
@@ -217,8 +234,24 @@ def _vocabulary(shard_dir: str | Path) -> list[str]:
     return list(load_index(Path(shard_dir))["label_vocabulary"])
 
 
+def _transform(cfg: DataConfig, augment: bool, scaling: str) -> Callable:
+    if not augment:
+        return eval_transform(cfg.image_size, scaling)
+    if cfg.style == "flair":
+        return flair_train_transform(cfg.image_size, scaling)
+    return train_transform(cfg.image_size, scaling)
+
+
+def _captioner(cfg: DataConfig) -> Callable | None:
+    """style flair: FLAIR's caption of a categorical sample (None: our templates)."""
+    if cfg.style != "flair":
+        return None
+    definitions = load_flair_definitions(cfg.flair_definitions) if cfg.flair_definitions else None
+    return partial(flair_caption, definitions=definitions)
+
+
 def _samples(shard_dir: str | Path, split: str, cfg: DataConfig, *, rank: int, world_size: int,
-             resampled: bool, seed: int, augment: bool, shuffle: bool) -> wds.DataPipeline:
+             resampled: bool, seed: int, augment: bool, shuffle: bool, scaling: str) -> wds.DataPipeline:
     """Decoded (unbatched) samples of one shard set for this rank; each worker reads its own shards."""
     check = check_shards(shard_dir, split, cfg.verify_sha256)
     urls = list(check.urls)
@@ -237,32 +270,40 @@ def _samples(shard_dir: str | Path, split: str, cfg: DataConfig, *, rank: int, w
     if shuffle and cfg.shuffle_buffer > 0:
         stages.append(partial(_shuffle, bufsize=cfg.shuffle_buffer, seed=stable_seed(seed, rank, "shuffle")))
     vocab = _vocabulary(shard_dir)
-    transform = train_transform(cfg.image_size) if augment else eval_transform(cfg.image_size)
+    if cfg.hold_out:
+        stages.append(partial(without_held_out, words=tuple(cfg.hold_out)))
+    if cfg.balance_datasets and resampled:
+        stages.append(partial(balance_by_dataset, bufsize=max(cfg.shuffle_buffer, 1),
+                              seed=stable_seed(seed, rank, "balance")))
     stages.append(partial(_decode, seed=stable_seed(seed, rank, "decode"), kb=load_knowledge(),
-                          vocab_ids={name: i for i, name in enumerate(vocab)}, transform=transform))
+                          caption=_captioner(cfg), transform=_transform(cfg, augment, scaling),
+                          vocab_ids={name: i for i, name in enumerate(vocab)}))
     return wds.DataPipeline(*stages)
 
 
 def make_stream(shard_dir: str | Path, cfg: DataConfig, tokenizer: Any, *, batch_size: int, rank: int = 0,
-                world_size: int = 1, resampled: bool = True, epoch_seed: int = 0) -> wds.DataPipeline:
+                world_size: int = 1, resampled: bool = True, epoch_seed: int = 0,
+                pixel_scaling: str = "clip") -> wds.DataPipeline:
     """Dict batches from one shard set: infinite and seeded by `epoch_seed` when resampled, else one pass."""
     seed = stable_seed(cfg.seed, epoch_seed, Path(shard_dir).name)
     samples = _samples(shard_dir, cfg.split, cfg, rank=rank, world_size=world_size, resampled=resampled,
-                       seed=seed, augment=cfg.augment, shuffle=True)
+                       seed=seed, augment=cfg.augment, shuffle=True, scaling=pixel_scaling)
     collate = Collate(tokenizer, cfg.max_text_len, len(_vocabulary(shard_dir)))
     return wds.DataPipeline(samples, wds.batched(batch_size, collation_fn=collate, partial=not resampled))
 
 
-def make_loader(cfg: DataConfig, tokenizer: Any, rank: int = 0, world_size: int = 1, step: int = 0) -> wds.WebLoader:
+def make_loader(cfg: DataConfig, tokenizer: Any, rank: int = 0, world_size: int = 1, step: int = 0,
+                pixel_scaling: str = "clip") -> wds.WebLoader:
     """Training loader for one rank: a dict batch per step (ratio) or a (public, elite) pair (paired).
 
-    `step` reseeds every random choice, so a run resumed at step N does not replay the batches of step 0.
+    `step` reseeds every random choice, so a run resumed at step N does not replay the batches of step 0;
+    `pixel_scaling` is the image tower's (model.vision.pixel_scaling).
     """
     cfg.validate()
 
     def stream(shard_dir: str, batch_size: int) -> wds.DataPipeline:
         return make_stream(shard_dir, cfg, tokenizer, batch_size=batch_size, rank=rank, world_size=world_size,
-                           epoch_seed=step)
+                           epoch_seed=step, pixel_scaling=pixel_scaling)
 
     if cfg.mix == "paired":
         assert cfg.public is not None and cfg.elite is not None
@@ -275,7 +316,7 @@ def make_loader(cfg: DataConfig, tokenizer: Any, rank: int = 0, world_size: int 
             raise ValueError("data.public and data.elite have different label vocabularies; rebuild them together")
         seed = stable_seed(cfg.seed, step)
         kwargs = {"rank": rank, "world_size": world_size, "resampled": True, "augment": cfg.augment,
-                  "shuffle": True}
+                  "shuffle": True, "scaling": pixel_scaling}
         public = _samples(cfg.public, cfg.split, cfg, seed=stable_seed(seed, "public"), **kwargs)
         elite = _samples(cfg.elite, cfg.split, cfg, seed=stable_seed(seed, "elite"), **kwargs)
         collate = Collate(tokenizer, cfg.max_text_len, len(_vocabulary(cfg.public)))
@@ -286,13 +327,14 @@ def make_loader(cfg: DataConfig, tokenizer: Any, rank: int = 0, world_size: int 
                          persistent_workers=cfg.workers > 0)
 
 
-def eval_dataset(shard_dir: str | Path, split: str, cfg: DataConfig, tokenizer: Any) -> wds.DataPipeline:
+def eval_dataset(shard_dir: str | Path, split: str, cfg: DataConfig, tokenizer: Any,
+                 pixel_scaling: str = "clip") -> wds.DataPipeline:
     """Every sample of one split once, in shard order, unaugmented, in batches of cfg.batch_size.
 
     Categorical samples still get a sampled prompt as caption, from a fixed seed, so runs compare equal.
     Iterate it directly (single process) or through a DataLoader with batch_size=None.
     """
     samples = _samples(shard_dir, split, cfg, rank=0, world_size=1, resampled=False,
-                       seed=stable_seed(cfg.seed, "eval"), augment=False, shuffle=False)
+                       seed=stable_seed(cfg.seed, "eval"), augment=False, shuffle=False, scaling=pixel_scaling)
     collate = Collate(tokenizer, cfg.max_text_len, len(_vocabulary(shard_dir)))
     return wds.DataPipeline(samples, wds.batched(cfg.batch_size, collation_fn=collate, partial=True))

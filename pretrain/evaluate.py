@@ -204,7 +204,8 @@ def _embed_shards(model: Any, tokenizer: Any, shard_dir: str | Path, split: str,
     device = _device(model)
     keys, images, texts = [], [], []
     LOSSES.reset()
-    for batch in eval_dataset(shard_dir, split, data_cfg, tokenizer):
+    scaling = getattr(model.config.vision, "pixel_scaling", "clip")
+    for batch in eval_dataset(shard_dir, split, data_cfg, tokenizer, pixel_scaling=scaling):
         keys += batch["keys"]
         images.append(model.get_image_features(batch["image"].to(device)).float().cpu())
         if with_text:

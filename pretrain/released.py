@@ -130,7 +130,7 @@ def import_released(path: str | Path, out: str | Path, fmt: str, *, text: str | 
     image_size: FLAIR/KeepFIT default 512, ViLReF read off the weights."""
     from transformers import AutoTokenizer
 
-    from pretrain.hf.export import ExportError, build_hf_config, fill_full_export, image_processor, write_atomically
+    from pretrain.hf.export import ExportError, build_hf_config, fill_full_export, write_atomically
     from pretrain.towers import resolve_text_path
 
     path, out = Path(path), Path(out)
@@ -145,8 +145,7 @@ def import_released(path: str | Path, out: str | Path, fmt: str, *, text: str | 
         raise ReleasedCheckpointError(f"text {cfg.text.name_or_path!r}: no tokenizer "
                                       f"({str(err).splitlines()[0]})") from None
     state_dict = {k: v.detach().float() if v.is_floating_point() else v for k, v in model.state_dict().items()}
-    processor = image_processor(cfg.vision.image_size, normalize=fmt == "vilref")
     card = _card(fmt, path, _sha256(path), mapped.dropped, cfg)
     return write_atomically(out, lambda tmp: fill_full_export(
-        tmp, model, state_dict, build_hf_config(cfg), tokenizer, card, processor=processor,
+        tmp, model, state_dict, build_hf_config(cfg), tokenizer, card,
         what=f"{fmt} checkpoint {str(path)!r}"), overwrite)

@@ -114,7 +114,7 @@ def _map_flair(state: dict[str, torch.Tensor], fmt: str, text: str, image_size: 
         else:
             mapped[FLAIR_RENAMED.get(key, key)] = _float(value)
     mapped["logit_scale"] = mapped["logit_scale"].reshape(1)  # ours is (1,): DeepSpeed breaks on 0-d parameters
-    config = _model_config(VisionConfig(name="resnet50", image_size=image_size or 512),
+    config = _model_config(VisionConfig(name="resnet50", image_size=image_size or 512, pixel_scaling="unit"),
                            TextConfig(name_or_path=text, max_len=77, random_init=True, pooling="flair"),
                            int(mapped["visual_projection.proj.weight"].shape[0]), mapped["logit_scale"])
     return MappedCheckpoint(mapped, sorted(dropped), config)

@@ -30,7 +30,7 @@ from shards.printable import error_text, printable, printable_text
 log = logging.getLogger("pretrain.data")
 
 __all__ = ["ALLOWED_EXTS", "CLIP_MEAN", "CLIP_STD", "IMAGE_EXTS", "SKIPPED", "SkipCounter", "decode_sample",
-           "eval_transform", "keep_member", "stable_seed", "train_transform"]
+           "eval_transform", "flair_train_transform", "keep_member", "pixel_stats", "stable_seed", "train_transform"]
 
 # CLIP's normalisation: the image towers we start from (CLIP/OpenCLIP ViTs, and ResNets fine-tuned the same
 # way in FLAIR/KeepFIT) were pretrained with it, so keeping it keeps their first-layer statistics valid.
@@ -79,7 +79,23 @@ def stable_seed(*parts: Any) -> int:
 # ----------------------------------------------------------------------------- transforms
 
 
-def train_transform(image_size: int) -> v2.Compose:
+def pixel_stats(scaling: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) applied after scaling pixels to [0, 1]: CLIP's for `clip`, none for `unit` (FLAIR's inputs)."""
+    if scaling == "clip":
+        return CLIP_MEAN, CLIP_STD
+    if scaling == "unit":
+        return (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    raise ValueError(f"pixel scaling must be clip or unit, got {scaling!r}")
+
+
+def _to_model_input(scaling: str) -> list:
+    steps: list = [v2.ToDtype(torch.float32, scale=True)]
+    if scaling != "unit":
+        steps.append(v2.Normalize(*pixel_stats(scaling)))
+    return steps
+
+
+def train_transform(image_size: int, scaling: str = "clip") -> v2.Compose:
     """Fundus augmentation that keeps the picture a plausible fundus.
 
     Mild crops (85-100% of the area, near-square) keep the circular field of view mostly intact; a
@@ -92,18 +108,31 @@ def train_transform(image_size: int) -> v2.Compose:
         v2.RandomHorizontalFlip(),
         v2.RandomRotation(15),
         v2.ColorJitter(brightness=0.2, contrast=0.2),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(CLIP_MEAN, CLIP_STD),
+        *_to_model_input(scaling),
     ])
 
 
-def eval_transform(image_size: int) -> v2.Compose:
-    """Shard images are already square canvases, so a plain resize loses nothing."""
+def flair_train_transform(image_size: int, scaling: str = "unit") -> v2.Compose:
+    """FLAIR's pretraining augmentation (flair/pretraining/data/transforms.py `augmentations_pretraining`, kornia
+    there): flip p=0.5, affine p=0.25 (+-5 degrees, scale 0.9-1), colour jitter p=0.25 (brightness and contrast
+    0.2), no crop; on [0, 1] pixels after the resize, as FLAIR augments its [0, 1] batches."""
     return v2.Compose([
         v2.ToImage(),
         v2.Resize((image_size, image_size), antialias=True),
         v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(CLIP_MEAN, CLIP_STD),
+        v2.RandomHorizontalFlip(p=0.5),
+        v2.RandomApply([v2.RandomAffine(degrees=5, scale=(0.9, 1.0))], p=0.25),
+        v2.RandomApply([v2.ColorJitter(brightness=0.2, contrast=0.2)], p=0.25),
+        *_to_model_input(scaling)[1:],
+    ])
+
+
+def eval_transform(image_size: int, scaling: str = "clip") -> v2.Compose:
+    """Shard images are already square canvases, so a plain resize loses nothing."""
+    return v2.Compose([
+        v2.ToImage(),
+        v2.Resize((image_size, image_size), antialias=True),
+        *_to_model_input(scaling),
     ])
 
 
@@ -135,9 +164,11 @@ def _first_label(meta: dict) -> int:
 
 
 def decode_sample(sample: dict, *, kb: Knowledge, vocab_ids: dict[str, int], transform: Callable,
-                  rng: random.Random) -> dict | None:
-    """Raw tar sample -> model-ready sample, or None (counted in SKIPPED) when it cannot be used."""
-    key = printable_text(str(sample.get("__key__", "<unknown>")), 80)
+                  rng: random.Random, caption: Callable[[dict, random.Random], tuple[str, str]] | None = None
+                  ) -> dict | None:
+    """Raw tar sample -> model-ready sample, or None (counted in SKIPPED) when it cannot be used.
+    `caption(meta, rng) -> (caption, category)` captions a categorical sample (default: our templates)."""
+    key, caption_fn = printable_text(str(sample.get("__key__", "<unknown>")), 80), caption
     shard = str(sample.get("__url__", ""))
     image_ext = next((ext for ext in IMAGE_EXTS if ext in sample), None)
     if image_ext is None:
@@ -162,7 +193,7 @@ def decode_sample(sample: dict, *, kb: Knowledge, vocab_ids: dict[str, int], tra
             SKIPPED.add(key, "no caption and no categories", shard)
             return None
         try:
-            caption, category = _sample_caption(meta, kb, rng)
+            caption, category = caption_fn(meta, rng) if caption_fn else _sample_caption(meta, kb, rng)
         except (ValueError, TypeError) as exc:
             SKIPPED.add(key, f"cannot build a caption: {error_text(exc)}", shard)
             return None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -36,6 +36,9 @@ class VisionConfig:
     """Local weights file for the tower (.safetensors, or a torch state dict); null trains from scratch."""
     image_size: int = 512
     """Input resolution; passed to timm as img_size for models that take it (ViTs), ignored by CNNs."""
+    pixel_scaling: Literal["clip", "unit"] = "clip"
+    """Pixels the tower expects: clip, [0, 1] then CLIP's mean/std; unit, [0, 1] only (FLAIR's). Training,
+    evaluation, embedding and the exported image processor all scale this way."""
     attention_backend: str | None = None
     """ViTs only: route attention through kernels.attention with this backend (triton, xformers, sdpa, eager);
     null keeps timm's own attention."""

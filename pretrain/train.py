@@ -97,7 +97,8 @@ def _train_locked(cfg: TrainConfig, on_checkpoint: CheckpointHook | None) -> dic
              f"run {cfg.run.dir}")
     SKIPPED.reset()  # with data.workers=0 the counters live in this process
     LOSSES.reset()
-    batches = iter(make_loader(cfg.data, tokenizer, loop.rank, loop.world_size, step=loop.start_step))
+    batches = iter(make_loader(cfg.data, tokenizer, loop.rank, loop.world_size, step=loop.start_step,
+                               pixel_scaling=cfg.model.vision.pixel_scaling))
 
     def loss_fn(module: Any, batch: Any) -> dict[str, Any]:
         terms = objective(module, batch)

@@ -119,7 +119,7 @@ def build_hf_config(cfg: Any, decoder: dict[str, Any] | None = None) -> Any:
 
     config = RetinaScaleConfig(
         vision_config={"name": cfg.vision.name, "image_size": int(cfg.vision.image_size),
-                       "model_kwargs": dict(cfg.vision.model_kwargs)},
+                       "model_kwargs": dict(cfg.vision.model_kwargs), "pixel_scaling": cfg.vision.pixel_scaling},
         text_config=text_config_dict(cfg.text), embed_dim=int(cfg.embed_dim),
         logit_scale_init_value=math.log(cfg.init_logit_scale), max_logit_scale=float(cfg.max_logit_scale),
         min_logit_scale=float(cfg.min_logit_scale), text_pooling=cfg.text.pooling,
@@ -190,17 +190,19 @@ def _save_safetensors(state_dict: dict[str, torch.Tensor], path: Path, metadata:
               metadata={"format": "pt", **(metadata or {})})
 
 
-def image_processor(image_size: int, normalize: bool = True) -> Any:
-    """pretrain.data.eval_transform as a CLIPImageProcessor: shard images are square canvases; resize (bilinear,
-    antialiased), scale to [0, 1], normalise with CLIP's mean/std (normalize=False: stop at [0, 1], as FLAIR's
-    released models expect). No crop."""
+def image_processor(image_size: int, pixel_scaling: str = "clip") -> Any:
+    """pretrain.samples.eval_transform as a CLIPImageProcessor: shard images are square canvases; resize
+    (bilinear, antialiased), scale to [0, 1], normalise with the tower's mean/std (CLIP's; none for unit scaling,
+    as FLAIR's released models expect). No crop."""
     from transformers import CLIPImageProcessor
 
-    from pretrain.data import CLIP_MEAN, CLIP_STD
+    from pretrain.samples import pixel_stats
 
+    mean, std = pixel_stats(pixel_scaling)
     return CLIPImageProcessor(do_resize=True, size={"height": image_size, "width": image_size}, resample=2,
-                              do_center_crop=False, do_rescale=True, rescale_factor=1 / 255, do_normalize=normalize,
-                              image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD), do_convert_rgb=True)
+                              do_center_crop=False, do_rescale=True, rescale_factor=1 / 255,
+                              do_normalize=pixel_scaling != "unit", image_mean=list(mean), image_std=list(std),
+                              do_convert_rgb=True)
 
 
 def fill_full_export(tmp: Path, model: torch.nn.Module, state_dict: dict[str, torch.Tensor], hf_config: Any,
@@ -219,7 +221,8 @@ def fill_full_export(tmp: Path, model: torch.nn.Module, state_dict: dict[str, to
     _save_safetensors(state_dict, tmp / "model.safetensors")
     shutil.copyfile(Path(__file__).with_name(MODELING_FILE), tmp / MODELING_FILE)
     tokenizer.save_pretrained(tmp)
-    (processor or image_processor(int(model.config.vision.image_size))).save_pretrained(tmp)
+    vision = model.config.vision
+    (processor or image_processor(int(vision.image_size), vision.pixel_scaling)).save_pretrained(tmp)
     (tmp / "README.md").write_text(card, encoding="utf-8")
 
 
@@ -228,21 +231,22 @@ def export_vision_only(fill_dir: Path, state_dict: dict[str, torch.Tensor], visi
     """A timm folder: config.json (architecture, model_args, pretrained_cfg) + model.safetensors, loadable with
     timm.create_model("local-dir:FOLDER", pretrained=True); plus projection.safetensors (the image projection
     head's weight) when present."""
-    from pretrain.data import CLIP_MEAN, CLIP_STD
     from pretrain.hf.modeling_retinascale import create_vision_model
+    from pretrain.samples import pixel_stats
 
     prefix = "vision_model.model."
     tower = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
     model = create_vision_model(vision_config)
     _load_state(model, tower, "vision tower")
     size = int(vision_config["image_size"])
+    mean, std = pixel_stats(vision_config.get("pixel_scaling", "clip"))
     model_args = dict(vision_config.get("model_kwargs") or {})
     if "img_size" in inspect.signature(type(model).__init__).parameters:  # ViTs take it, CNNs do not
         model_args["img_size"] = size
     config = {"architecture": vision_config["name"], "num_classes": 0,
               "num_features": int(getattr(model, "num_features", 0)), "model_args": model_args,
               "pretrained_cfg": {"input_size": [3, size, size], "interpolation": "bilinear", "crop_pct": 1.0,
-                                 "crop_mode": "center", "mean": list(CLIP_MEAN), "std": list(CLIP_STD),
+                                 "crop_mode": "center", "mean": list(mean), "std": list(std),
                                  "num_classes": 0, "pool_size": None, "first_conv": None, "classifier": None}}
     (fill_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     _save_safetensors(tower, fill_dir / "model.safetensors")
@@ -317,7 +321,6 @@ def export_hf(checkpoint: str | Path, out: str | Path, *, config: str | Path | N
         card = model_card(load_yaml(run.config_path), run.checkpoint.name, hf_config, results,
                           last_metrics(run.config_path))
         fill_full_export(tmp, run.model, state_dict, hf_config, run.tokenizer, card, verify=verify,
-                         processor=image_processor(int(run.config.model.vision.image_size)),
                          what=f"model section of {run.config_path}")
 
     return write_atomically(out, fill_full, overwrite)

@@ -69,7 +69,7 @@ def train_config_from_export(directory: str | Path, base: str | Path | None = No
     vision = dict(model.get("vision") or {})
     vc = config["vision_config"]
     vision.update(name=vc["name"], image_size=int(vc["image_size"]), model_kwargs=dict(vc.get("model_kwargs") or {}),
-                  pretrained_path=None)
+                  pixel_scaling=str(vc.get("pixel_scaling", "clip")), pretrained_path=None)
     text = dict(model.get("text") or {})
     max_len = int(config.get("max_text_len") or text.get("max_len") or 77)
     text.update(name_or_path=str(directory), random_init=True, config_overrides=_text_overrides(config["text_config"]),
