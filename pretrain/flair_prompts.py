@@ -1,8 +1,8 @@
 """FLAIR's zero-shot text side: its class lists per evaluation dataset and its prompts per class.
 
     ref = load_flair_reference()
-    ref.classes("13_FIVES")          # ['normal', 'age related macular degeneration', 'diabetic retinopathy', 'glaucoma']
-    ref.prompts("glaucoma")          # ['A fundus photograph of optic nerve abnormalities', ..., '... of glaucoma']
+    ref.classes("25_REFUGE")   # ['no glaucoma', 'glaucoma']
+    ref.prompts("glaucoma")    # ['A fundus photograph of optic nerve abnormalities', ..., '... of glaucoma']
 
 The data (pretrain/flair_reference.yaml) restates FLAIR's local_data/experiments.py target lists and the
 flair/modeling/dictionary.py definitions of those classes. `prompts` follows FLAIRModel.compute_text_embeddings

@@ -27,10 +27,11 @@ import numpy as np
 import torch
 
 from pretrain.adapters import clip_adapter, tip_adapter, tip_adapter_f
+from pretrain.flair_prompts import load_flair_reference
 from pretrain.metrics import classification_report
 
-__all__ = ["FLAIR_LP_C", "flair_class_embeddings", "flair_linear_probe", "flair_split", "flair_zero_shot",
-           "score_flair_adapters", "score_flair_linear_probe", "shots"]
+__all__ = ["FLAIR_LP_C", "flair_class_embeddings", "flair_labels", "flair_linear_probe", "flair_split",
+           "flair_zero_shot", "score_flair_adapters", "score_flair_dataset", "score_flair_linear_probe", "shots"]
 
 FLAIR_LP_C, FLAIR_LP_MAX_ITER = 0.316, 1000
 SUMMARY_METRICS = ("aca", "macro_f1", "auc", "kappa")
@@ -97,7 +98,9 @@ def _over_folds(labels: np.ndarray, folds: int, train: str | int, num_classes: i
     for fold in range(folds):
         train_idx, test_idx = flair_split(labels, fold, train=train, test="20%")
         if np.unique(labels[train_idx]).size < 2 or test_idx.size == 0:
-            return {"skipped": "a split has fewer than two training classes or no test sample"}
+            return {"skipped": f"split {fold} has {test_idx.size} test samples and "
+                               f"{np.unique(labels[train_idx]).size} training classes (FLAIR's split tests "
+                               "int(20% of each class); a fit needs 1 test sample and 2 classes)"}
         probs = fit_predict(train_idx, test_idx, fold)
         runs.append(classification_report(labels[test_idx], probs, num_classes, grading=grading))
         sizes.append((int(train_idx.size), int(test_idx.size)))
@@ -128,3 +131,36 @@ def score_flair_adapters(image_emb: torch.Tensor, labels: np.ndarray, class_emb:
                                          lambda tr, te, fold, run=runners[name]: run(tr, te, fold).numpy())
                      for k in k_shots}
     return out
+
+
+def flair_labels(dataset: str, raw_firsts: list[str], firsts: list[str],
+                 fallback: list[str]) -> tuple[list[str], np.ndarray, str]:
+    """(classes, labels, class_source) for FLAIR's protocol: FLAIR's target list of `dataset` when FLAIR
+    evaluates it (pretrain.flair_prompts), matched against each sample's first category as written (FLAIR
+    reads `eval(categories)[0]`); else our `fallback` list, matched against the normalised first categories.
+    A first category outside the list is label -1."""
+    listed = load_flair_reference().classes(dataset)
+    if listed is not None:
+        classes, source = listed, f"FLAIR {dataset}"
+    else:
+        classes, source, raw_firsts = list(fallback), "ours", firsts
+    index = {c: i for i, c in enumerate(classes)}
+    return classes, np.array([index.get(c, -1) for c in raw_firsts], dtype=np.int64), source
+
+
+def score_flair_dataset(image_emb: torch.Tensor, backbone: torch.Tensor | None, labels: np.ndarray,
+                        class_emb: torch.Tensor, logit_scale: float, classes: list[str], *, adapters: list[str],
+                        adapter_shots: list[int], folds: int) -> dict[str, Any]:
+    """FLAIR's zero-shot, linear probe (when backbone features are given) and adapters on one dataset.
+    Kappa is reported for every dataset, as FLAIR's classification_metrics does."""
+    num_classes = len(classes)
+    result: dict[str, Any] = {"classes": classes, "n": int(labels.size),
+                              "counts": np.bincount(labels, minlength=num_classes).tolist()}
+    probs = flair_zero_shot(image_emb, class_emb, logit_scale).numpy()
+    result["zero_shot"] = classification_report(labels, probs, num_classes, grading=True)
+    if backbone is not None:
+        result["linear_probe"] = score_flair_linear_probe(backbone, labels, num_classes, True, folds)
+    if adapters:
+        result["adapters"] = score_flair_adapters(image_emb, labels, class_emb, logit_scale, True, adapters,
+                                                  adapter_shots, folds)
+    return result

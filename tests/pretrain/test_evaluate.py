@@ -209,6 +209,50 @@ def test_eval_cli_end_to_end_writes_metrics_and_report(trained):
         assert (out / png).read_bytes()[:8] == PNG
 
 
+def test_eval_cli_flair_protocols_and_adapters(trained, capsys):
+    """--protocol both: our numbers where they were, FLAIR's in each dataset's `flair` block (synthetic
+    dataset names are not FLAIR's, so the class lists are ours), the adapters by name and k."""
+    out = trained["run"].parent / "eval-flair"
+    args = ["--run", str(trained["run"]), "--eval-shards", str(trained["eval"]), "--out", str(out), "--k-shots",
+            "--protocol", "both", "--adapters", "clip_adapter", "tip_adapter", "tip_adapter_f", "--adapter-shots",
+            "2", "--flair-folds", "2", "--report"]
+    assert cli_main(args) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "SYNTH_FIVES [flair]" in printed and "tip_adapter_f 2-shot ACA" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["protocol"] == "both" and metrics["adapters"] == ["clip_adapter", "tip_adapter", "tip_adapter_f"]
+    for name, d in metrics["datasets"].items():
+        ours, flair = d, d["flair"]
+        assert "zero_shot" in ours and "linear_probe" in ours
+        assert flair["class_list"] == "ours" and flair["classes"] == ours["classes"] and flair["n"] == ours["n"]
+        assert flair["outside_classes"] == 0 and sum(flair["counts"]) == flair["n"]
+        zs = flair["zero_shot"]
+        assert "kappa" in zs and np.array(zs["confusion_matrix"]).sum() == flair["n"]  # every sample tests
+        runs = [flair["linear_probe"], *(flair["adapters"][a]["2"] for a in ("clip_adapter", "tip_adapter",
+                                                                              "tip_adapter_f"))]
+        if min(flair["counts"]) < 5:  # int(20% of a class) is 0: no test sample, as FLAIR's split has none
+            assert all("0 test samples" in run["skipped"] for run in runs), name
+            continue
+        assert name == "SYNTH_GLAUCOMA" and flair["counts"] == [8, 7]
+        # 8 -> 1 test + int(6.4) = 6 train, 7 -> 1 + int(5.6) = 5; the adapters train on 2 per class
+        assert (runs[0]["n_train"], runs[0]["n_test"]) == (11, 2)
+        assert all(run["folds"] == 2 and 0.0 <= run["aca"] <= 1.0 for run in runs)
+        assert [run["n_train"] for run in runs[1:]] == [4, 4, 4]
+    report = (out / "report.md").read_text()
+    for needle in ("## FLAIR protocols", "Zero-shot (FLAIR)", "Linear probe (FLAIR", "Few-shot adapters (FLAIR)",
+                   "tip_adapter_f", "## Zero-shot classification"):
+        assert needle in report, needle
+
+
+def test_eval_rejects_unusable_protocol_options(trained, capsys):
+    assert cli_main(eval_args(trained, **{"--protocol": "flairish"})) == 2
+    assert "--protocol must be one of ours, flair, both" in capsys.readouterr().err
+    assert cli_main(eval_args(trained, **{"--protocol": "flair", "--adapters": "tip"})) == 2
+    assert "unknown adapter(s) tip" in capsys.readouterr().err
+    assert cli_main(eval_args(trained, **{"--adapters": "tip_adapter"})) == 2
+    assert "need --protocol flair or both" in capsys.readouterr().err
+
+
 def eval_args(trained: dict[str, Path], **overrides: str) -> list[str]:
     args = {"--run": str(trained["run"]), "--eval-shards": str(trained["eval"]), **overrides}
     return [*(x for kv in args.items() for x in kv), "--no-linear-probe", "--out", str(trained["run"] / "x")]

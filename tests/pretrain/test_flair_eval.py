@@ -214,3 +214,28 @@ def test_clip_adapter_is_seeded_and_returns_probabilities():
     after = clip_adapter(train, labels, train, text, 30.0, seed=4, epochs=40)
     picked = lambda p: p[torch.arange(7), labels].log().mean()  # noqa: E731
     assert picked(after) > picked(before)
+
+
+# ----------------------------------------------------------------------------- FLAIR's real split files
+
+
+def test_real_split_files_label_every_sample_with_flairs_classes(reference_dir):
+    """Each real transferability dataframe FLAIR evaluates: every first category as written is one of its
+    classes, and the linear-probe folds on its real labels are FLAIR's (the literal loop above)."""
+    import csv
+
+    from pretrain.flair_protocols import flair_labels
+
+    folder = reference_dir / "transferability" / "classification"
+    checked = 0
+    for path in sorted(folder.glob("*.csv")):
+        if load_flair_reference().classes(path.stem) is None:
+            continue  # KeepFIT's own sets (AMD, TAOP) are not FLAIR's
+        with path.open(newline="", encoding="utf-8") as fh:
+            firsts = [ast.literal_eval(row["categories"])[0] for row in csv.DictReader(fh)]
+        classes, labels, source = flair_labels(path.stem, firsts, firsts, [])
+        assert source == f"FLAIR {path.stem}" and labels.min() >= 0, path.name
+        train, test = flair_split(labels, 3)
+        assert [list(train), list(test)] == list(literal_flair_split(labels.tolist(), 3, "80%", "20%")), path.name
+        checked += 1
+    assert checked >= 5
