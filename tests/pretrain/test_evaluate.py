@@ -320,6 +320,24 @@ def test_flair_protocol_on_a_real_flair_split_file(trained, reference_dir, tmp_p
     assert flair["linear_probe"]["aca"] == pytest.approx(np.mean(acas), abs=1e-9)
     assert flair["linear_probe"]["auc"] == pytest.approx(np.mean(aucs), abs=1e-9)
 
+    # zero-shot wiring: FLAIR's phrases for the two classes (flair/modeling/dictionary.py, plus the name where it
+    # is not one of them), tokenised as FLAIR does (padding to the longest), mean of unit embeddings. A 2-step
+    # model's prompt embeddings are nearly collinear, so this AUC does not tell the renormalised mean or a missing
+    # phrase apart: test_flair_eval pins those rules on random embeddings.
+    phrases = [["no glaucoma"], ["optic nerve abnormalities", "abnormal size of the optic cup",
+                                 "anomalous size in the optic disc", "glaucoma"]]
+    with torch.no_grad():
+        text = []
+        for cls in phrases:
+            tokens = tokenizer([f"A fundus photograph of {p}" for p in cls], padding=True, truncation=True,
+                               return_tensors="pt")
+            text.append(model.get_text_features(tokens["input_ids"], tokens["attention_mask"]).mean(0))
+        images = torch.stack([torch.as_tensor(features[path_of[next(p for p in path_of if p.endswith(r["image"]))]])
+                              for r in rows])
+        embeds = model.visual_projection(images)
+        probs = torch.softmax(embeds @ torch.stack(text).T * model.logit_scale_value(), dim=-1)
+    assert flair["zero_shot"]["auc"] == pytest.approx(roc_auc_score(labels, probs[:, 1].numpy()), abs=1e-6)
+
 
 def shard_jsons(shards: Path) -> dict[str, dict]:
     import webdataset as wds
