@@ -90,7 +90,7 @@ class EvalConfig:
     protocol: str = "ours"
     """Zero-shot and linear-probe protocols: ours, flair (FLAIR's public code: pretrain.flair_protocols) or both."""
     adapters: list[str] = field(default_factory=list)
-    """FLAIR's few-shot adapters to run: any of clip_adapter, tip_adapter, tip_adapter_f (any --protocol)."""
+    """FLAIR's few-shot adapters to run: any of clip_adapter, tip_adapter, tip_adapter_f (--protocol flair/both)."""
     adapter_shots: list[int] = field(default_factory=lambda: [1, 5, 10])
     """Training samples per class of the adapters (FLAIR's --shots_train K; 20% of each class tests)."""
     flair_folds: int = 5

@@ -411,6 +411,7 @@ def test_help_lists_the_options():
                             cwd=REPO, env=ENV, timeout=60)
     assert result.returncode == 0
     for option in ("--run", "--checkpoint", "--eval_shards", "--retrieval_shards", "--k_shots", "--report",
+                   "--protocol", "--adapters", "--adapter_shots", "--flair_folds",
                    "--print_config", "--eval-shards"):  # the last in the note on argparse-era spellings
         assert option in result.stdout
 
