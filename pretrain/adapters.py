@@ -111,10 +111,10 @@ def tip_adapter_f(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Te
     values = F.one_hot(labels, num_classes).float()
     keys = nn.Parameter(_as_float(train_x).clone())
     optimiser = torch.optim.AdamW([keys], lr=LR, eps=ADAM_EPS)
-    n = len(keys)
+    n, order = len(keys), _order(len(keys), seed)
     with torch.enable_grad():
         for _ in range(epochs):
-            for i in _order(n, seed):
+            for i in order:
                 query = keys[i:i + 1].detach()
                 cache = torch.exp(-(TIP_BETA - TIP_BETA * (query @ keys.T))) @ values / n * logit_scale
                 logits = logit_scale * (query @ text.T) + TIP_ALPHA * cache
