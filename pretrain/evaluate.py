@@ -13,6 +13,12 @@ For each evaluation dataset (samples grouped by their `dataset` field) on frozen
 - k-shot probes: the same probe on k training samples per class, repeated with different draws (mean, std);
 - retrieval on a captioned set (e.g. the elite set's `val` split): image->text and text->image R@1/5/10.
 
+These are our protocols (--protocol ours, the default). --protocol flair runs FLAIR's instead, as its public
+code does (pretrain.flair_protocols: FLAIR's prompts and class lists, zero-shot without renormalising, the
+scikit-learn probe on backbone features over 5 seeded 80/20 splits), --protocol both runs both; --adapters
+adds FLAIR's few-shot CLIP-Adapter / Tip-Adapter / Tip-Adapter-F (pretrain.adapters). FLAIR's numbers go to
+each dataset's `flair` block of metrics.json, ours stay where they were.
+
 Labels. A dataset's classes are the distinct FIRST categories of its samples (FLAIR evaluates with the
 dataset's class names; a multi-category sample counts as its first, primary, category), sorted by name,
 except for DR grading: when every class is one of the five grades of the knowledge file (no, mild, moderate,
@@ -35,6 +41,8 @@ import numpy as np
 import torch
 
 from pretrain.eval_inputs import EvalInputError, finite_or_none, shard_metadata, shard_urls_or_fail
+from pretrain.flair_prompts import load_flair_reference
+from pretrain.flair_protocols import flair_class_embeddings, flair_labels, score_flair_dataset
 from pretrain.metrics import classification_report, retrieval_recall_at_k
 from pretrain.probes import k_shot_indices, linear_probe, zero_shot_scores
 
@@ -44,6 +52,7 @@ __all__ = ["DR_GRADES", "EvalConfig", "EvalInputError", "class_order", "class_pr
 DR_GRADES = ("no diabetic retinopathy", "mild diabetic retinopathy", "moderate diabetic retinopathy",
              "severe diabetic retinopathy", "proliferative diabetic retinopathy")
 PROBE_METRICS = ("aca", "macro_f1", "auc", "kappa")
+PROTOCOLS = ("ours", "flair", "both")
 
 
 @dataclass
@@ -78,6 +87,17 @@ class EvalConfig:
     """Draws per k (seeds seed, seed+1, ...); the report gives the mean and standard deviation."""
     seed: int = 0
     """Seed of the probe train/test split and of the k-shot draws."""
+    protocol: str = "ours"
+    """Zero-shot and linear-probe protocols: ours, flair (FLAIR's public code: pretrain.flair_protocols) or both."""
+    adapters: list[str] = field(default_factory=list)
+    """FLAIR's few-shot adapters to run: any of clip_adapter, tip_adapter, tip_adapter_f (--protocol flair/both)."""
+    adapter_shots: list[int] = field(default_factory=lambda: [1, 5, 10])
+    """Training samples per class of the adapters (FLAIR's --shots_train K; 20% of each class tests)."""
+    flair_folds: int = 5
+    """Seeded splits (seed = fold) of FLAIR's linear probe and adapters; mean and std over them."""
+    crop_foreground: bool = False
+    """Crop each classification image to its field of view onto a square canvas, FLAIR's evaluation input
+    (pretrain.flair_data.crop_foreground); off: the shard's square canvas, resized."""
     report: bool = False
     """Also write report.md with loss and confusion-matrix PNGs (pretrain.report) into the output folder."""
     device: str | None = None
@@ -193,28 +213,33 @@ def _device(model: torch.nn.Module) -> torch.device:
 
 @torch.no_grad()
 def _embed_shards(model: Any, tokenizer: Any, shard_dir: str | Path, split: str, batch_size: int,
-                  with_text: bool) -> dict[str, Any]:
+                  with_text: bool, with_backbone: bool = False, crop_foreground: bool = False) -> dict[str, Any]:
     """Unit image (and caption) embeddings of every sample of one split, with their keys, on the CPU, and the
-    account of samples lost on the way (damaged shards, undecodable samples: pretrain.data_loss)."""
+    account of samples lost on the way (damaged shards, undecodable samples: pretrain.data_loss); with_backbone
+    also the image tower's pooled features (FLAIR's linear probe)."""
     from pretrain.data import LOSSES, DataConfig, eval_dataset
 
     shard_urls_or_fail(shard_dir, split)
     data_cfg = DataConfig(batch_size=batch_size, image_size=model.config.vision.image_size,
                           max_text_len=model.config.text.max_len, workers=0)
     device = _device(model)
-    keys, images, texts = [], [], []
+    keys, images, texts, backbone = [], [], [], []
     LOSSES.reset()
     scaling = getattr(model.config.vision, "pixel_scaling", "clip")
-    for batch in eval_dataset(shard_dir, split, data_cfg, tokenizer, pixel_scaling=scaling):
+    for batch in eval_dataset(shard_dir, split, data_cfg, tokenizer, pixel_scaling=scaling,
+                              crop_foreground=crop_foreground):
         keys += batch["keys"]
         images.append(model.get_image_features(batch["image"].to(device)).float().cpu())
+        if with_backbone:
+            backbone.append(model.get_image_backbone_features(batch["image"].to(device)).float().cpu())
         if with_text:
             texts.append(model.get_text_features(batch["input_ids"].to(device),
                                                  batch["attention_mask"].to(device)).float().cpu())
     if not keys:
         raise EvalInputError(f"{shard_dir}: split {split!r} has no readable samples")
     lost = {shard: n for shard, (n, _) in LOSSES.snapshot()["shards"].items()}
-    return {"keys": keys, "image": torch.cat(images), "text": torch.cat(texts) if with_text else None, "lost": lost}
+    return {"keys": keys, "image": torch.cat(images), "text": torch.cat(texts) if with_text else None,
+            "backbone": torch.cat(backbone) if with_backbone else None, "lost": lost}
 
 
 @torch.no_grad()
@@ -248,9 +273,11 @@ def evaluate(model: Any, tokenizer: Any, cfg: EvalConfig) -> dict[str, Any]:
     get_image_features and get_text_features); returns the dict that metrics.json holds."""
     if cfg.eval_shards is None:
         raise EvalInputError("no evaluation shard set given (--eval-shards)")
+    ours, flair = cfg.protocol in ("ours", "both"), cfg.protocol in ("flair", "both")
     model.eval()
     meta = shard_metadata(cfg.eval_shards, cfg.split)
-    emb = _embed_shards(model, tokenizer, cfg.eval_shards, cfg.split, cfg.batch_size, with_text=False)
+    emb = _embed_shards(model, tokenizer, cfg.eval_shards, cfg.split, cfg.batch_size, with_text=False,
+                        with_backbone=flair and cfg.linear_probe, crop_foreground=cfg.crop_foreground)
     groups: dict[str, list[int]] = {}
     unlabelled = 0
     for row, key in enumerate(emb["keys"]):
@@ -268,10 +295,15 @@ def evaluate(model: Any, tokenizer: Any, cfg: EvalConfig) -> dict[str, Any]:
         if len(classes) < 2:
             raise EvalInputError(f"{cfg.eval_shards}: dataset {name!r} has fewer than 2 classes ({classes}); "
                                  "classification needs at least 2")
-        labels = np.array([classes.index(c) for c in firsts], dtype=np.int64)
-        text = _class_text_embeddings(model, tokenizer, classes, cfg)
-        datasets[name] = score_dataset(emb["image"][rows], labels, text, classes, grading, cfg)
-    result: dict[str, Any] = {"eval_shards": str(cfg.eval_shards), "split": cfg.split, "unlabelled": unlabelled,
+        datasets[name] = {}
+        if ours:
+            labels = np.array([classes.index(c) for c in firsts], dtype=np.int64)
+            text = _class_text_embeddings(model, tokenizer, classes, cfg)
+            datasets[name] = score_dataset(emb["image"][rows], labels, text, classes, grading, cfg)
+        if flair:
+            datasets[name]["flair"] = _flair_dataset(model, tokenizer, name, rows, emb, meta, classes, cfg)
+    result: dict[str, Any] = {"eval_shards": str(cfg.eval_shards), "split": cfg.split, "protocol": cfg.protocol,
+                              "adapters": list(cfg.adapters), "unlabelled": unlabelled,
                               "samples_lost": sum(emb["lost"].values()), "lost_by_shard": emb["lost"],
                               "datasets": datasets}
     if cfg.retrieval_shards is not None:
@@ -282,6 +314,31 @@ def evaluate(model: Any, tokenizer: Any, cfg: EvalConfig) -> dict[str, Any]:
             result["captioning"] = evaluate_captions(model, tokenizer, cfg.retrieval_shards, cfg.retrieval_split,
                                                      cfg.batch_size)
     return result
+
+
+def _flair_dataset(model: Any, tokenizer: Any, name: str, rows: list[int], emb: dict[str, Any],
+                   meta: dict[str, dict], fallback: list[str], cfg: EvalConfig) -> dict[str, Any]:
+    """FLAIR's protocols on one dataset (pretrain.flair_protocols). Samples go in dataframe order (source,
+    line), which FLAIR's seeded splits shuffle; samples whose first category is outside the class list
+    are left out and counted."""
+    samples = [meta[emb["keys"][r]] for r in rows]
+    order = sorted(range(len(rows)), key=lambda i: (str(samples[i].get("source")), samples[i].get("line") or 0,
+                                                    samples[i].get("key", "")))
+    samples, rows = [samples[i] for i in order], [rows[i] for i in order]
+    raw_firsts = [(s.get("categories_raw") or s["categories"])[0] for s in samples]
+    classes, labels, source = flair_labels(name, raw_firsts, [s["categories"][0] for s in samples], fallback)
+    keep = np.flatnonzero(labels >= 0)
+    picked = torch.as_tensor(np.asarray(rows)[keep])
+    prompts = [load_flair_reference().prompts(c) for c in classes]
+    flat = _embed_prompts(model, tokenizer, [p for ps in prompts for p in ps], cfg.batch_size)
+    class_emb = flair_class_embeddings(list(torch.split(flat, [len(ps) for ps in prompts])))
+    backbone = emb["backbone"][picked] if emb["backbone"] is not None else None
+    scale = float(model.logit_scale_value().detach())  # the clamped scale the model trained with
+    with _one_thread():
+        scores = score_flair_dataset(emb["image"][picked], backbone, labels[keep], class_emb, scale, classes,
+                                     adapters=list(cfg.adapters), adapter_shots=list(cfg.adapter_shots),
+                                     folds=cfg.flair_folds)
+    return {"class_list": source, "outside_classes": int(labels.size - keep.size), **scores}
 
 
 def _retrieval(model: Any, tokenizer: Any, cfg: EvalConfig) -> dict[str, Any]:

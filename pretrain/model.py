@@ -115,6 +115,11 @@ class RetinaCLIP(nn.Module):
         """(B, 3, H, W) -> unit-norm (B, embed_dim)."""
         return self.visual_projection(self.vision_model(pixel_values))
 
+    def get_image_backbone_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> the image tower's pooled feature before visual_projection (2048-d for ResNet-50),
+        not normalised: what FLAIR's linear probe reads (its project_features=False, norm_features=False)."""
+        return self.vision_model(pixel_values)
+
     def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, L) token ids -> unit-norm (B, embed_dim)."""
         return self.text_projection(self.text_model(input_ids, attention_mask))

@@ -164,14 +164,40 @@ def _metric_cells(result: dict[str, Any], std: bool = False) -> list[str]:
     return cells
 
 
+def _flair_sections(datasets: dict[str, Any]) -> list[str]:
+    """FLAIR's protocols (pretrain.flair_protocols): zero-shot, linear probe and adapters, each named."""
+    flair = {d: r["flair"] for d, r in datasets.items() if "flair" in r}
+    if not flair:
+        return []
+    names = [label for _, label in METRIC_NAMES]
+    lines = ["## FLAIR protocols", "", "As FLAIR's public code runs them (pretrain.flair_protocols): FLAIR's class "
+             "lists and prompts; linear probe and adapters as mean ± std over seeded 80/20 (K-shot/20%) splits.", "",
+             "### Zero-shot (FLAIR)", ""]
+    lines += _table(["dataset", "class list", "classes", "n", *names],
+                    [[d, r["class_list"], str(len(r["classes"])), str(r["n"]), *_metric_cells(r["zero_shot"])]
+                     for d, r in flair.items()])
+    probes = [[d, str(r["linear_probe"].get("folds", "-")), *_metric_cells(r["linear_probe"], std=True)]
+              for d, r in flair.items() if "linear_probe" in r]
+    if probes:
+        lines += ["### Linear probe (FLAIR: logistic regression on backbone features)", ""]
+        lines += _table(["dataset", "folds", *names], probes)
+    adapters = [[d, a, k, str(s.get("folds", "-")), *_metric_cells(s, std=True)]
+                for d, r in flair.items() for a, by_k in r.get("adapters", {}).items() for k, s in by_k.items()]
+    if adapters:
+        lines += ["### Few-shot adapters (FLAIR)", ""]
+        lines += _table(["dataset", "adapter", "k", "folds", *names], adapters)
+    return lines
+
+
 def _eval_sections(metrics: dict[str, Any], out_dir: Path) -> list[str]:
-    datasets: dict[str, Any] = metrics.get("datasets", {})
+    all_datasets: dict[str, Any] = metrics.get("datasets", {})
+    datasets = {d: r for d, r in all_datasets.items() if "zero_shot" in r}  # our protocols ran
     names = [label for _, label in METRIC_NAMES]
     lines = ["## Zero-shot classification", "",
-             "Prompt-ensemble class embeddings; kappa (quadratic) only for DR grading.", ""]
+             "Prompt-ensemble class embeddings; kappa (quadratic) only for DR grading.", ""] if datasets else []
     lines += _table(["dataset", "classes", "n", *names],
                     [[d, str(len(r["classes"])), str(r["n"]), *_metric_cells(r["zero_shot"])]
-                     for d, r in datasets.items()])
+                     for d, r in datasets.items()]) if datasets else []
     probed = {d: r for d, r in datasets.items() if "linear_probe" in r}
     if probed:
         lines += ["## Linear probe", ""]
@@ -188,6 +214,7 @@ def _eval_sections(metrics: dict[str, Any], out_dir: Path) -> list[str]:
     if shots:
         lines += ["## k-shot linear probe", "", "Mean ± standard deviation over the repeats.", ""]
         lines += _table(["dataset", "k", "repeats", *names], shots)
+    lines += _flair_sections(all_datasets)
     if "retrieval" in metrics:
         r = metrics["retrieval"]
         lines += ["## Image-text retrieval", "", f"{r['n']} image-caption pairs of {r['split']}.", ""]

@@ -90,3 +90,29 @@ def test_confusion_png_for_many_classes(tmp_path):
     plot_confusion([[i * j for j in range(n)] for i in range(n)], [f"class {i}" for i in range(n)], "t",
                    tmp_path / "c.png")
     assert (tmp_path / "c.png").read_bytes()[:8] == PNG
+
+
+FLAIR_ONLY = {  # `--protocol flair --adapters tip_adapter`: each dataset holds only its FLAIR block
+    "checkpoint": "run", "protocol": "flair", "adapters": ["tip_adapter"],
+    "datasets": {"25_REFUGE": {"flair": {
+        "class_list": "FLAIR 25_REFUGE", "classes": ["no glaucoma", "glaucoma"], "n": 10, "counts": [6, 4],
+        "zero_shot": {"aca": 0.625, "macro_f1": 0.6, "auc": 0.7, "kappa": 0.25, "confusion_matrix": [[4, 2], [2, 2]]},
+        "linear_probe": {"folds": 5, "aca": 0.8, "aca_std": 0.1, "auc": 0.9, "auc_std": 0.05, "n_train": 7,
+                         "n_test": 2},
+        "adapters": {"tip_adapter": {"1": {"folds": 5, "aca": 0.55, "aca_std": 0.125, "n_train": 2, "n_test": 2}}},
+    }}},
+}
+
+
+def test_report_and_table_name_flairs_protocols(tmp_path):
+    from pretrain.commands.evaluate import format_table
+
+    text = write_report(tmp_path / "run", FLAIR_ONLY, tmp_path / "out").read_text()
+    assert "## Zero-shot classification" not in text  # our protocols did not run
+    for needle in ("## FLAIR protocols", "| 25_REFUGE | FLAIR 25_REFUGE | 2 | 10 | 0.625 | 0.600 | 0.700 | 0.250 |",
+                   "| 25_REFUGE | 5 | 0.800 ± 0.100 | - | 0.900 ± 0.050 | - |",
+                   "| 25_REFUGE | tip_adapter | 1 | 5 | 0.550 ± 0.125 | - | - | - |"):
+        assert needle in text, needle
+    table = format_table(FLAIR_ONLY).splitlines()
+    assert table[0].endswith("tip_adapter 1-shot ACA")
+    assert table[1].split()[:2] == ["25_REFUGE", "[flair]"] and table[1].split()[-1] == "0.550"
