@@ -202,12 +202,13 @@ def _rank_worker_seed(rank: int) -> int:
 class Collate:
     """List of decoded samples -> dict batch; tokenises the whole batch in one fast-tokenizer call."""
 
-    def __init__(self, tokenizer: Any, max_text_len: int, num_labels: int):
+    def __init__(self, tokenizer: Any, max_text_len: int, num_labels: int, padding: str = "max_length"):
         self.tokenizer, self.max_text_len, self.num_labels = tokenizer, max_text_len, num_labels
+        self.padding = padding  # "longest": FLAIR pads to the batch's longest caption, and its pooling sees the pads
 
     def __call__(self, samples: list[dict]) -> dict:
         texts = [s["text"] for s in samples]
-        tokens = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.max_text_len,
+        tokens = self.tokenizer(texts, padding=self.padding, truncation=True, max_length=self.max_text_len,
                                 return_tensors="pt")
         multi_hot = torch.zeros(len(samples), self.num_labels, dtype=torch.uint8)
         for row, s in enumerate(samples):
@@ -234,9 +235,13 @@ def _vocabulary(shard_dir: str | Path) -> list[str]:
     return list(load_index(Path(shard_dir))["label_vocabulary"])
 
 
-def _transform(cfg: DataConfig, augment: bool, scaling: str) -> Callable:
+def _padding(cfg: DataConfig) -> str:
+    return "longest" if cfg.style == "flair" else "max_length"
+
+
+def _transform(cfg: DataConfig, augment: bool, scaling: str, crop_foreground: bool = False) -> Callable:
     if not augment:
-        return eval_transform(cfg.image_size, scaling)
+        return eval_transform(cfg.image_size, scaling, crop_foreground)
     if cfg.style == "flair":
         return flair_train_transform(cfg.image_size, scaling)
     return train_transform(cfg.image_size, scaling)
@@ -251,7 +256,8 @@ def _captioner(cfg: DataConfig) -> Callable | None:
 
 
 def _samples(shard_dir: str | Path, split: str, cfg: DataConfig, *, rank: int, world_size: int,
-             resampled: bool, seed: int, augment: bool, shuffle: bool, scaling: str) -> wds.DataPipeline:
+             resampled: bool, seed: int, augment: bool, shuffle: bool, scaling: str,
+             crop_foreground: bool = False) -> wds.DataPipeline:
     """Decoded (unbatched) samples of one shard set for this rank; each worker reads its own shards."""
     check = check_shards(shard_dir, split, cfg.verify_sha256)
     urls = list(check.urls)
@@ -276,7 +282,7 @@ def _samples(shard_dir: str | Path, split: str, cfg: DataConfig, *, rank: int, w
         stages.append(partial(balance_by_dataset, bufsize=max(cfg.shuffle_buffer, 1),
                               seed=stable_seed(seed, rank, "balance")))
     stages.append(partial(_decode, seed=stable_seed(seed, rank, "decode"), kb=load_knowledge(),
-                          caption=_captioner(cfg), transform=_transform(cfg, augment, scaling),
+                          caption=_captioner(cfg), transform=_transform(cfg, augment, scaling, crop_foreground),
                           vocab_ids={name: i for i, name in enumerate(vocab)}))
     return wds.DataPipeline(*stages)
 
@@ -288,7 +294,7 @@ def make_stream(shard_dir: str | Path, cfg: DataConfig, tokenizer: Any, *, batch
     seed = stable_seed(cfg.seed, epoch_seed, Path(shard_dir).name)
     samples = _samples(shard_dir, cfg.split, cfg, rank=rank, world_size=world_size, resampled=resampled,
                        seed=seed, augment=cfg.augment, shuffle=True, scaling=pixel_scaling)
-    collate = Collate(tokenizer, cfg.max_text_len, len(_vocabulary(shard_dir)))
+    collate = Collate(tokenizer, cfg.max_text_len, len(_vocabulary(shard_dir)), _padding(cfg))
     return wds.DataPipeline(samples, wds.batched(batch_size, collation_fn=collate, partial=not resampled))
 
 
@@ -319,7 +325,7 @@ def make_loader(cfg: DataConfig, tokenizer: Any, rank: int = 0, world_size: int 
                   "shuffle": True, "scaling": pixel_scaling}
         public = _samples(cfg.public, cfg.split, cfg, seed=stable_seed(seed, "public"), **kwargs)
         elite = _samples(cfg.elite, cfg.split, cfg, seed=stable_seed(seed, "elite"), **kwargs)
-        collate = Collate(tokenizer, cfg.max_text_len, len(_vocabulary(cfg.public)))
+        collate = Collate(tokenizer, cfg.max_text_len, len(_vocabulary(cfg.public)), _padding(cfg))
         pipeline = wds.DataPipeline(partial(_mix, public, elite, cfg.elite_fraction, stable_seed(seed, rank)),
                                     wds.batched(cfg.batch_size, collation_fn=collate, partial=False))
     # Batching happens inside the pipeline (per worker), so the loader itself must not batch again.
@@ -328,13 +334,14 @@ def make_loader(cfg: DataConfig, tokenizer: Any, rank: int = 0, world_size: int 
 
 
 def eval_dataset(shard_dir: str | Path, split: str, cfg: DataConfig, tokenizer: Any,
-                 pixel_scaling: str = "clip") -> wds.DataPipeline:
+                 pixel_scaling: str = "clip", crop_foreground: bool = False) -> wds.DataPipeline:
     """Every sample of one split once, in shard order, unaugmented, in batches of cfg.batch_size.
 
     Categorical samples still get a sampled prompt as caption, from a fixed seed, so runs compare equal.
     Iterate it directly (single process) or through a DataLoader with batch_size=None.
     """
     samples = _samples(shard_dir, split, cfg, rank=0, world_size=1, resampled=False,
-                       seed=stable_seed(cfg.seed, "eval"), augment=False, shuffle=False, scaling=pixel_scaling)
-    collate = Collate(tokenizer, cfg.max_text_len, len(_vocabulary(shard_dir)))
+                       seed=stable_seed(cfg.seed, "eval"), augment=False, shuffle=False, scaling=pixel_scaling,
+                       crop_foreground=crop_foreground)
+    collate = Collate(tokenizer, cfg.max_text_len, len(_vocabulary(shard_dir)), _padding(cfg))
     return wds.DataPipeline(samples, wds.batched(cfg.batch_size, collation_fn=collate, partial=True))

@@ -12,7 +12,11 @@ Each piece follows the public FLAIR code (github jusiro/FLAIR), named where it i
   (pretraining/data/dataloader.py `get_loader`, `banned_categories`);
 - dataset-balanced sampling: datasets take turns and each turn draws a random sample of that dataset, with
   replacement (pretraining/data/dataset.py `UniformDataset`). A stream has no index of every sample, so here the
-  draw is from a per-dataset buffer of the stream (`balance_by_dataset`).
+  draw is from a per-dataset buffer of the stream (`balance_by_dataset`);
+- evaluation crops the image to its field of view (transforms.py `crop_im`: Li's threshold on the red channel,
+  the largest connected component's bounding box), then scales it onto a square canvas, top-left aligned
+  (transforms.py `ImageScaling(canvas=True)`, main_transferability.py's defaults): `crop_foreground`,
+  `canvas_resize`.
 
 FLAIR's definitions are read from its `flair/modeling/dictionary.py` (data.flair_definitions), parsed with `ast`,
 never imported or executed.
@@ -22,12 +26,17 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import random
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-__all__ = ["FLAIR_CAPTION", "FLAIR_HELD_OUT", "FLAIR_NO_DEFINITION_SWAP", "balance_by_dataset", "flair_caption",
-           "held_out", "load_flair_definitions", "sample_dataset", "without_held_out"]
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["FLAIR_CAPTION", "FLAIR_HELD_OUT", "FLAIR_NO_DEFINITION_SWAP", "balance_by_dataset", "canvas_resize",
+           "crop_foreground", "flair_caption", "held_out", "li_threshold", "load_flair_definitions", "sample_dataset", "without_held_out"]
 
 FLAIR_CAPTION = "A [ATR] fundus photograph of [CLS]"  # main_pretrain.py --caption
 # AugmentDescription keeps the category for these; as written there, so only 11_STARE and 31_JICHI match
@@ -126,3 +135,54 @@ def balance_by_dataset(src: Iterable[dict], bufsize: int, seed: int) -> Iterator
         pick = buffers[names[turn % len(names)]]
         turn += 1
         yield pick[rng.randrange(len(pick))]
+
+
+# ----------------------------------------------------------------------------- evaluation: field of view
+
+
+def li_threshold(values: np.ndarray) -> float:
+    """Li's minimum cross-entropy threshold (Li & Tam 1998), iterated from the mean as scikit-image's threshold_li
+    does: t <- (m_back - m_fore) / (ln m_back - ln m_fore), on values shifted to start at 0."""
+    values = values[np.isfinite(values)].astype(np.float64).ravel()
+    low = float(values.min())
+    values = values - low
+    distinct = np.unique(values)
+    if distinct.size < 2:
+        return low
+    tolerance = float(np.min(np.diff(distinct))) / 2
+    current, nxt = -2 * tolerance, float(values.mean())
+    while abs(nxt - current) > tolerance:
+        current = nxt
+        fore = values > current
+        mean_fore, mean_back = float(values[fore].mean()), float(values[~fore].mean())
+        if mean_back == 0.0:
+            break
+        nxt = (mean_back - mean_fore) / (math.log(mean_back) - math.log(mean_fore))
+    return nxt + low
+
+
+def crop_foreground(image: torch.Tensor) -> torch.Tensor:
+    """(C, H, W) [0, 1] image -> its field of view: the bounding box of the largest connected region brighter than
+    Li's threshold of the red channel (FLAIR's transforms.py `crop_im`)."""
+    from scipy import ndimage
+
+    red = image[0].double().numpy()
+    mask = red > li_threshold(red)
+    labels, count = ndimage.label(mask)
+    if count == 0:
+        return image
+    sizes = np.bincount(labels.ravel())[1:]
+    rows, cols = np.nonzero(labels == 1 + int(np.argmax(sizes)))
+    return image[:, rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+
+
+def canvas_resize(image: torch.Tensor, size: int) -> torch.Tensor:
+    """(C, H, W) -> (C, size, size): scaled so the longer side is `size` (aspect kept), zero-padded right and
+    bottom (FLAIR's `ImageScaling` with canvas=True; torchvision Resize, bilinear, as there)."""
+    height, width = image.shape[-2:]
+    if height == width:
+        return F.interpolate(image[None], size=(size, size), mode="bilinear", antialias=True)[0]
+    scale = max(height, width) / size
+    new = (int(height / scale), int(width / scale))
+    image = F.interpolate(image[None], size=new, mode="bilinear", antialias=True)[0]
+    return F.pad(image, (0, size - new[1], 0, size - new[0]))

@@ -17,12 +17,14 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from pretrain import flair_data
 from pretrain.data_loss import LOSSES
 from shards.knowledge import Knowledge
 from shards.printable import error_text, printable, printable_text
@@ -127,8 +129,13 @@ def flair_train_transform(image_size: int, scaling: str = "unit") -> v2.Compose:
     ])
 
 
-def eval_transform(image_size: int, scaling: str = "clip") -> v2.Compose:
-    """Shard images are already square canvases, so a plain resize loses nothing."""
+def eval_transform(image_size: int, scaling: str = "clip", crop_foreground: bool = False) -> v2.Compose:
+    """Shard images are already square canvases, so a plain resize loses nothing. With `crop_foreground`, FLAIR's
+    evaluation input instead: the field of view cropped out and scaled onto a square canvas (pretrain.flair_data)."""
+    if crop_foreground:
+        return v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Lambda(flair_data.crop_foreground),
+                           v2.Lambda(partial(flair_data.canvas_resize, size=image_size)),
+                           *_to_model_input(scaling)[1:]])
     return v2.Compose([
         v2.ToImage(),
         v2.Resize((image_size, image_size), antialias=True),

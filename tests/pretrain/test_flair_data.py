@@ -16,8 +16,8 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from pretrain.data import DataConfig, make_stream
-from pretrain.flair_data import (FLAIR_HELD_OUT, balance_by_dataset, flair_caption, held_out, load_flair_definitions,
-                                 without_held_out)
+from pretrain.flair_data import (FLAIR_HELD_OUT, balance_by_dataset, canvas_resize, crop_foreground, flair_caption,
+                                 held_out, li_threshold, load_flair_definitions, without_held_out)
 from pretrain.samples import CLIP_MEAN, CLIP_STD, eval_transform, flair_train_transform
 
 
@@ -139,3 +139,40 @@ def test_flair_style_stream_on_real_shards(tiny_shards, tokenizer, tmp_path):
     images = torch.cat([b["image"] for b in batches])
     assert float(images.min()) >= 0.0 and float(images.max()) <= 1.0
     assert len({d for b in batches for d in b["dataset"]}) >= 2
+    for batch in batches:  # padded to the batch's longest caption, as FLAIR's tokenizer call does
+        assert batch["input_ids"].shape[1] < 24 and bool(batch["attention_mask"][:, -1].any())
+
+
+def test_li_threshold_is_the_fixed_point_of_lis_iteration():
+    rng = np.random.default_rng(3)
+    values = np.concatenate([rng.normal(0.08, 0.02, 700), rng.normal(0.6, 0.1, 301)]).clip(0, 1)
+    t = li_threshold(values)
+    assert 0.12 < t < 0.5  # between the two modes
+    shifted, low = values - values.min(), values.min()
+    fore, back = shifted[shifted > t - low].mean(), shifted[shifted <= t - low].mean()
+    # at convergence t equals one more step of t <- (m_b - m_f) / (ln m_b - ln m_f), within the tolerance
+    tolerance = np.min(np.diff(np.unique(shifted))) / 2
+    assert abs((back - fore) / (np.log(back) - np.log(fore)) + low - t) <= 4 * tolerance + 1e-9
+
+
+def test_crop_foreground_finds_the_field_of_view_and_canvas_keeps_the_aspect():
+    image = torch.zeros(3, 61, 83)
+    yy, xx = torch.meshgrid(torch.arange(61), torch.arange(83), indexing="ij")
+    disc = ((yy - 30) ** 2 / 22**2 + (xx - 47) ** 2 / 27**2) <= 1  # a bright ellipse: rows 8-52, cols 20-74
+    image[:, disc] = torch.tensor([0.8, 0.4, 0.2]).view(3, 1)
+    image[:, 2, 2] = 0.9  # a bright speck outside: not the largest region
+    cropped = crop_foreground(image)
+    rows, cols = torch.nonzero(disc, as_tuple=True)
+    assert tuple(cropped.shape) == (3, int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1))
+    canvas = canvas_resize(cropped, 32)
+    assert tuple(canvas.shape) == (3, 32, 32)
+    height = int(cropped.shape[1] / (cropped.shape[2] / 32))  # the wider side fills the canvas
+    assert float(canvas[:, height:].abs().sum()) == 0.0 and float(canvas[:, : height - 1].abs().sum()) > 0  # padded below
+
+
+def test_eval_transform_with_crop_foreground_gives_unit_range_square_images():
+    pixels = np.zeros((50, 70, 3), dtype=np.uint8)
+    pixels[10:40, 15:60] = (200, 90, 40)
+    out = eval_transform(24, "unit", crop_foreground=True)(Image.fromarray(pixels))
+    assert tuple(out.shape) == (3, 24, 24) and float(out.min()) >= 0 and float(out.max()) <= 1
+    assert float(out[0, 0, 0]) > 0.5  # the crop starts at the field of view's corner: no black border
