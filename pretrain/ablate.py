@@ -39,6 +39,13 @@ METHOD_CONFIGS: dict[str, tuple[str, list[str]]] = {
     "keepfit_v2": ("keepfit_v2_cpu.yaml", ["--model.text.name_or_path", "offline-minilm"]),
     "vilref": ("vilref_cpu.yaml", []),
 }
+# --preset flair: FLAIR's input, text pooling and temperature range on every method (README "FLAIR parity"); the
+# unseen-category hold-out and the definition swap need FLAIR's data and dictionary, so they stay off here
+PRESETS: dict[str, list[str]] = {
+    "ours": [],
+    "flair": ["--data.style", "flair", "--data.balance_datasets", "true", "--model.vision.pixel_scaling", "unit",
+              "--model.text.pooling", "flair", "--model.min_logit_scale", "1.0"],
+}
 COLUMNS = (("zs_aca", "ZS ACA"), ("zs_auc", "ZS AUC"), ("lp_aca", "LP ACA"), ("lp_auc", "LP AUC"),
            ("i2t_R@1", "i2t R@1"), ("i2t_R@5", "i2t R@5"), ("t2i_R@1", "t2i R@1"), ("t2i_R@5", "t2i R@5"),
            ("bleu4", "BLEU-4"), ("rouge_l", "ROUGE-L"))
@@ -72,6 +79,9 @@ class AblateConfig:
     """Image side of the synthesised shards and the model."""
     k_shots: list[int] = field(default_factory=list)
     """k-shot probes (none by default)."""
+    preset: Literal["ours", "flair"] = "ours"
+    """ours: each method's config as shipped; flair: plus FLAIR's data style, [0, 1] pixels, dataset balance,
+    text pooling and [1, 100] logit scale on every method (PRESETS)."""
 
 
 def build_benchmark(out: Path, counts: list[int], seed: int, image_size: int) -> dict[str, Path]:
@@ -111,7 +121,8 @@ def train_command(method: str, run_dir: Path, sets: dict[str, Path], args: Ablat
             "--data.workers", "1", "--data.image_size", str(args.image_size),
             "--model.vision.image_size", str(args.image_size), *data,
             "--engine.zero_stage", str(args.zero_stage), "--engine.lr", str(args.lr),
-            "--engine.warmup_steps", str(max(1, args.steps // 10)), "--engine.total_steps", str(args.steps)]
+            "--engine.warmup_steps", str(max(1, args.steps // 10)), "--engine.total_steps", str(args.steps),
+            *PRESETS[args.preset]]
 
 
 def summarise(metrics: dict[str, Any]) -> dict[str, float]:
@@ -145,7 +156,8 @@ def markdown(rows: dict[str, dict[str, float]], notes: list[str], command: str, 
     lines = ["# Ablation: every method on the same budget (synthetic benchmark)", "",
              f"Command: `{command}`", "",
              f"Budget per method: {args.steps} steps x {args.batch_size} samples (3/4 public, 1/4 elite), "
-             f"lr {args.lr}, seed {args.seed}, ZeRO-{args.zero_stage}, demo CPU model at {args.image_size} px. "
+             f"lr {args.lr}, seed {args.seed}, ZeRO-{args.zero_stage}, demo CPU model at {args.image_size} px, "
+             f"preset {args.preset}{' (' + ' '.join(PRESETS[args.preset]) + ')' if PRESETS[args.preset] else ''}. "
              "ZS / LP: zero-shot and linear-probe balanced accuracy (ACA) and AUC, averaged over the evaluation "
              "datasets; retrieval on the elite val split; BLEU-4 / ROUGE-L of greedy captions of the elite val "
              "images (methods with a caption decoder).", "",

@@ -251,8 +251,11 @@ def _captioner(cfg: DataConfig) -> Callable | None:
     """style flair: FLAIR's caption of a categorical sample (None: our templates)."""
     if cfg.style != "flair":
         return None
-    definitions = load_flair_definitions(cfg.flair_definitions) if cfg.flair_definitions else None
-    return partial(flair_caption, definitions=definitions)
+    if cfg.flair_definitions is None:
+        log.warning("data.style flair without data.flair_definitions: captions keep the category name (FLAIR swaps "
+                    "it for an expert definition; point data.flair_definitions at FLAIR's flair/modeling/dictionary.py)")
+        return partial(flair_caption, definitions=None)
+    return partial(flair_caption, definitions=load_flair_definitions(cfg.flair_definitions))
 
 
 def _samples(shard_dir: str | Path, split: str, cfg: DataConfig, *, rank: int, world_size: int,

@@ -62,6 +62,9 @@ class RunConfig:
     """Save a checkpoint every this many steps (and always at the last step); 0 saves only at the end."""
     resume: str = "auto"
     """auto: continue from RUN_DIR/checkpoints/latest if present; none: start fresh; or a checkpoint path."""
+    save_initial: bool = False
+    """A run that starts fresh also saves step 0, the weights before any update (e.g. to export or evaluate
+    what model.init_from loaded)."""
 
 
 def rank_world() -> tuple[int, int]:
@@ -166,6 +169,8 @@ class TrainingLoop:
         step, saved_at = self.start_step, self.start_step if self.resumed else -1
         check_every, data = self.run_cfg.log_every or 10, merge([])
         guarded = lambda engine, batch: loss_fn(engine.module, batch)  # noqa: E731  objectives get the bare model
+        if self.run_cfg.save_initial and not self.resumed:
+            self._checkpoint(0, on_checkpoint)
         try:
             for step in range(self.start_step + 1, self.run_cfg.steps + 1):
                 batch = _to_device(next_batch(step), device)

@@ -94,6 +94,12 @@ def _require(state: dict[str, torch.Tensor], keys: tuple[str, ...], fmt: str) ->
         raise LayoutError(f"not a {fmt} checkpoint: no {', '.join(missing)}")
 
 
+def _max_len(mapped: dict[str, torch.Tensor], wanted: int = 77) -> int:
+    """`wanted` tokens (77: CLIP's caption length), or fewer when the text model has fewer positions."""
+    positions = mapped.get("text_model.model.embeddings.position_embeddings.weight")
+    return wanted if positions is None else min(wanted, int(positions.shape[0]))
+
+
 def _model_config(vision: Any, text: Any, embed_dim: int, logit_scale: torch.Tensor) -> Any:
     from pretrain.model import ModelConfig
 
@@ -115,7 +121,7 @@ def _map_flair(state: dict[str, torch.Tensor], fmt: str, text: str, image_size: 
             mapped[FLAIR_RENAMED.get(key, key)] = _float(value)
     mapped["logit_scale"] = mapped["logit_scale"].reshape(1)  # ours is (1,): DeepSpeed breaks on 0-d parameters
     config = _model_config(VisionConfig(name="resnet50", image_size=image_size or 512, pixel_scaling="unit"),
-                           TextConfig(name_or_path=text, max_len=77, random_init=True, pooling="flair"),
+                           TextConfig(name_or_path=text, max_len=_max_len(mapped), random_init=True, pooling="flair"),
                            int(mapped["visual_projection.proj.weight"].shape[0]), mapped["logit_scale"])
     return MappedCheckpoint(mapped, sorted(dropped), config)
 
@@ -175,7 +181,7 @@ def _map_vilref(state: dict[str, torch.Tensor], text: str, image_size: int | Non
             mapped[key] = _float(value)
     mapped["logit_scale"] = mapped["logit_scale"].reshape(1)
     config = _model_config(_vilref_vision_config(state, image_size),
-                           TextConfig(name_or_path=text, max_len=100, random_init=True, pooling="cls"),
+                           TextConfig(name_or_path=text, max_len=_max_len(mapped, 100), random_init=True, pooling="cls"),
                            int(state["visual.proj"].shape[1]), mapped["logit_scale"])
     return MappedCheckpoint(mapped, sorted(dropped), config)
 

@@ -65,8 +65,9 @@ def _train_config(config_path: Path) -> Any:
         raise RunLoadError(f"{config_path}: missing (is this a run folder of retina-pretrain train?)")
     try:
         return load_config(TrainConfig, config_path)
-    except ValueError as err:
-        raise RunLoadError(f"{config_path}: {err}") from None
+    except ValueError as err:  # load_config's messages name the file already
+        message = str(err)
+        raise RunLoadError(message if str(config_path) in message else f"{config_path}: {message}") from None
 
 
 def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, *, config: str | Path | None = None,

@@ -294,3 +294,59 @@ def test_vilref_resnet_and_a_wrong_image_size_are_refused(vilref):
         map_layout(state, "vilref", image_size=224)
     with pytest.raises(ReleasedCheckpointError, match="format must be one of flair, keepfit, vilref"):
         map_layout(state, "clip")
+
+
+@pytest.mark.multiproc
+def test_flair_release_trains_evaluates_and_exports(released, text_dir, tiny_shards, tmp_path, capsys):
+    """Issue 15's path end to end: a FLAIR-layout release -> import-checkpoint -> import-hf -> a FLAIR-style run
+    under DeepSpeed with 2 processes -> eval with FLAIR's protocols and adapters -> export-hf. The export of the
+    run's step 0 embeds exactly as the released weights (FLAIR's own forward, written in this module)."""
+    import os
+    import subprocess
+    import sys
+
+    from transformers import AutoModel
+
+    from pretrain.engine import free_port
+
+    imported, config = tmp_path / "imported", tmp_path / "ft.yaml"
+    code, err = _import(released["files"]["flair"], "flair", imported, text_dir, capsys)
+    assert code == 0, err
+    assert main(["import-hf", str(imported), "--out", str(config)]) == 0, capsys.readouterr().err
+    run = tmp_path / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
+           "DS_ACCELERATOR": "cpu"}
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)
+    cmd = [str(Path(sys.executable).parent / "torchrun"), "--nproc-per-node", "2", "--master-port", str(free_port()),
+           "-m", "pretrain", "train", "--config", str(config), "--run.dir", str(run), "--run.steps", "2",
+           "--run.save_initial", "true", "--run.log_every", "1", "--method", "flair",
+           "--data.public", str(tiny_shards["public"]), "--data.elite", str(tiny_shards["elite"]),
+           "--data.style", "flair", "--data.balance_datasets", "true", "--data.hold_out", "[cataract, myop]",
+           "--data.batch_size", "4", "--data.image_size", str(PX), "--data.max_text_len", "16",
+           "--data.workers", "0", "--data.shuffle_buffer", "8", "--engine.zero_stage", "2",
+           "--engine.warmup_steps", "1"]
+    trained = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2], env=env,
+                             timeout=600)
+    assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
+    assert "world 2" in trained.stdout and (run / "checkpoints" / "step00000000").is_dir()
+
+    out = tmp_path / "eval"
+    assert main(["eval", "--run", str(run), "--eval-shards", str(tiny_shards["eval"]), "--out", str(out),
+                 "--protocol", "flair", "--adapters", "clip_adapter", "tip_adapter", "tip_adapter_f",
+                 "--adapter-shots", "2", "--flair-folds", "2", "--crop_foreground", "true"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    glaucoma = metrics["datasets"]["SYNTH_GLAUCOMA"]["flair"]
+    assert {"zero_shot", "linear_probe"} <= set(glaucoma)
+    assert set(glaucoma["adapters"]) == {"clip_adapter", "tip_adapter", "tip_adapter_f"}
+
+    exported = tmp_path / "exported"
+    assert main(["export-hf", str(run / "checkpoints" / "step00000000"), str(exported)]) == 0, capsys.readouterr().err
+    assert json.loads((exported / "preprocessor_config.json").read_text())["do_normalize"] is False
+    model = AutoModel.from_pretrained(exported, trust_remote_code=True).eval()
+    pixels, ids, mask = _inputs(23)
+    image_ref, text_ref = _flair_reference(released["parts"], pixels, ids, mask)
+    with torch.no_grad():
+        torch.testing.assert_close(model.get_image_features(pixel_values=pixels), image_ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model.get_text_features(input_ids=ids, attention_mask=mask), text_ref,
+                                   atol=1e-5, rtol=1e-5)
