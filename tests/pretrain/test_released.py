@@ -300,7 +300,8 @@ def test_vilref_resnet_and_a_wrong_image_size_are_refused(vilref):
 def test_flair_release_trains_evaluates_and_exports(released, text_dir, tiny_shards, tmp_path, capsys):
     """Issue 15's path end to end: a FLAIR-layout release -> import-checkpoint -> import-hf -> a FLAIR-style run
     under DeepSpeed with 2 processes -> eval with FLAIR's protocols and adapters -> export-hf. The export of the
-    run's step 0 embeds exactly as the released weights (FLAIR's own forward, written in this module)."""
+    run's step 0 embeds exactly as the released weights (FLAIR's own forward, written in this module). A
+    keepfit_v1 run also starts from the same import (KeepFIT V1 continues from FLAIR)."""
     import os
     import subprocess
     import sys
@@ -339,6 +340,18 @@ def test_flair_release_trains_evaluates_and_exports(released, text_dir, tiny_sha
     glaucoma = metrics["datasets"]["SYNTH_GLAUCOMA"]["flair"]
     assert {"zero_shot", "linear_probe"} <= set(glaucoma)
     assert set(glaucoma["adapters"]) == {"clip_adapter", "tip_adapter", "tip_adapter_f"}
+
+    # KeepFIT V1 continues from FLAIR's weights: the same imported folder starts a keepfit_v1 run
+    keepfit = subprocess.run([sys.executable, "-m", "pretrain", "train", "--config", str(config), "--run.dir",
+                              str(tmp_path / "keepfit"), "--run.steps", "1", "--method", "keepfit_v1",
+                              "--data.mix", "paired", "--data.public", str(tiny_shards["public"]), "--data.elite",
+                              str(tiny_shards["elite"]), "--data.batch_size", "4", "--data.elite_batch_size", "2",
+                              "--data.image_size", str(PX), "--data.max_text_len", "16", "--data.workers", "0",
+                              "--data.shuffle_buffer", "8", "--engine.warmup_steps", "1"],
+                             capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2], env=env,
+                             timeout=600)
+    assert keepfit.returncode == 0, keepfit.stdout[-3000:] + keepfit.stderr[-3000:]
+    assert "method keepfit_v1" in keepfit.stdout
 
     exported = tmp_path / "exported"
     assert main(["export-hf", str(run / "checkpoints" / "step00000000"), str(exported)]) == 0, capsys.readouterr().err
