@@ -10,7 +10,8 @@ method sees the same number and mix of images. Each method trains in its own `py
 process, then `pretrain.evaluate.evaluate` scores it on the evaluation shards (zero-shot and linear probe,
 averaged over the evaluation datasets) and on the elite set's val split (retrieval). A method whose objective
 is not registered (pretrain.objectives.OBJECTIVES) is skipped with a note. Outputs in OUT: ablation.md (the
-table and the exact command), ablation.json (every metric of every method) and ablation.png.
+table and the exact command), ablation.json (every metric of every method) and ablation.png. Run again with the
+same OUT, it continues: a method whose run already reached --steps is evaluated again, not retrained.
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def train_command(method: str, run_dir: Path, sets: dict[str, Path], args: Ablat
             ["--data.mix", "ratio", "--data.batch_size", str(args.batch_size), "--data.elite_fraction", "0.25"])
     return [sys.executable, "-m", "pretrain", "train", "--config", str(CONFIGS / config), *extra,
             "--run.dir", str(run_dir), "--run.steps", str(args.steps), "--run.seed", str(args.seed),
-            "--run.log_every", str(max(1, args.steps // 10)), "--run.save_every", "0", "--run.resume", "none",
+            "--run.log_every", str(max(1, args.steps // 10)), "--run.save_every", "0", "--run.resume", "auto",
             "--data.public", str(sets["public"]), "--data.elite", str(sets["elite"]), "--data.seed", str(args.seed),
             "--data.workers", "1", "--data.image_size", str(args.image_size),
             "--model.vision.image_size", str(args.image_size), *data,
@@ -231,9 +232,13 @@ def run_ablation(args: AblateConfig, argv: list[str]) -> int:
             print(done.stdout[-2000:] + done.stderr[-4000:], file=sys.stderr)
             continue
         model, tokenizer, _ = load_run_model(run_dir)
-        metrics = evaluate(model, tokenizer, EvalConfig(eval_shards=str(sets["eval"]), split="test",
-                                                        retrieval_shards=str(sets["elite"]), retrieval_split="val",
-                                                        k_shots=list(args.k_shots), seed=args.seed))
+        try:
+            metrics = evaluate(model, tokenizer, EvalConfig(eval_shards=str(sets["eval"]), split="test",
+                                                            retrieval_shards=str(sets["elite"]), retrieval_split="val",
+                                                            k_shots=list(args.k_shots), seed=args.seed))
+        except ValueError as err:  # e.g. NaN embeddings from weights an older version let turn non-finite
+            notes.append(f"{method}: evaluation failed ({str(err).splitlines()[0]}); see runs/{method}.log")
+            continue
         losses = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
         rows[method] = {**summarise(metrics), "final_loss": float(losses[-1]["loss"]) if losses else float("nan")}
         details[method] = metrics

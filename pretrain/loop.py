@@ -38,9 +38,9 @@ import torch
 
 from pretrain.checkpoint import load_checkpoint, save_checkpoint
 from pretrain.data_loss import DataLossError, describe_losses, lost_fraction, merge
-from pretrain.engine import NonFiniteLoss, train_step
+from pretrain.engine import NonFiniteLoss, parameters_finite, train_step
 
-__all__ = ["CheckpointHook", "RunConfig", "TrainingLoop", "rank_world", "seed_everything"]
+__all__ = ["CheckpointHook", "NonFiniteWeights", "RunConfig", "TrainingLoop", "rank_world", "seed_everything"]
 
 log = logging.getLogger("pretrain.loop")
 
@@ -119,6 +119,11 @@ def _gather_json(obj: Any, device: torch.device) -> list[Any]:
     return [json.loads(bytes(g[: int(n.item())].tolist())) for g, n in zip(gathered, sizes)]
 
 
+class NonFiniteWeights(RuntimeError):
+    """The weights themselves turned NaN/inf (a finite loss with non-finite gradients): every later step would be
+    skipped, so the run stops; the message names the step and the checkpoint to resume from."""
+
+
 class _Window:
     """Loss terms and sample counts since the last log line, and the newest data-loss account of each worker."""
 
@@ -183,6 +188,7 @@ class TrainingLoop:
                     skipped += 1
                     log.error("step %d skipped: %s", step, err)
                     self.say(f"step {step} | skipped: {err}")
+                    self._stop_if_weights_broke(err.step)
                     continue
                 losses.append(terms["loss"])
                 window.add(terms, _batch_size(batch) * self.world_size)
@@ -199,6 +205,16 @@ class TrainingLoop:
         data = self._data_losses(window, max_lost_fraction, final=True)
         return {"step": step, "start_step": self.start_step, "loss": losses[-1] if losses else None,
                 "losses": losses, "skipped": skipped, "data_lost": lost_fraction(data)[0], "data_losses": data}
+
+    def _stop_if_weights_broke(self, optimizer_step: int) -> None:
+        """A non-finite loss from non-finite weights would repeat at every step: stop instead (collective)."""
+        if parameters_finite(self.engine.module):
+            return
+        latest = self.run_dir / "checkpoints" / "latest"
+        resume = f"checkpoints/{latest.read_text().strip()}" if latest.is_file() else "no checkpoint yet"
+        raise NonFiniteWeights(f"the weights are NaN/inf after optimizer step {optimizer_step} (a finite loss gave "
+                               f"non-finite gradients), so every later step would be skipped; stopped. Resume from "
+                               f"{resume} in {self.run_dir} with a lower engine.lr or engine.grad_clip")
 
     def _data_losses(self, window: _Window, max_lost_fraction: float, final: bool = False) -> dict[str, Any]:
         """The data losses merged over workers and ranks (collective); raises DataLossError past the limit."""

@@ -17,6 +17,7 @@ def cli_main(argv: list[str]) -> int:
     from pretrain.config import parse_cli
     from pretrain.data import DataLossError
     from pretrain.init_weights import HFImportError
+    from pretrain.loop import NonFiniteWeights
     from pretrain.preflight import PreflightError, check_train_inputs
     from pretrain.run_lock import RunLocked
     from pretrain.train import TrainConfig, train
@@ -29,8 +30,8 @@ def cli_main(argv: list[str]) -> int:
         return 2
     try:
         train(cfg)
-    except (CheckpointError, DataLossError, HFImportError, RunLocked) as err:  # one line naming the file, shards
-        # or lock holder
+    except (CheckpointError, DataLossError, HFImportError, NonFiniteWeights, RunLocked) as err:  # one line
+        # naming the file, shards, broken step or lock holder
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 1
     finally:

@@ -83,6 +83,12 @@ def nan_loss(model, batch) -> dict[str, torch.Tensor]:
     return {"loss": terms["loss"] * float("nan"), "contrastive": terms["contrastive"]}
 
 
+def nan_gradient_loss(model, batch) -> dict[str, torch.Tensor]:
+    """A finite loss whose gradient is NaN: sqrt's derivative at 0 is inf, and inf * 0 = NaN."""
+    terms = clip_loss(model, batch)
+    return {**terms, "loss": terms["loss"] + 0 * torch.sqrt(model.logit_scale.sum() * 0)}
+
+
 def _batch(rank: int, n: int = 8) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(100 + rank)
     x = torch.randn(n, 16, generator=g)
@@ -137,6 +143,18 @@ def _worker(rank: int, world: int, scenario: str, out_dir: str) -> dict:
         result["client_state"] = state
         result["resumed_losses"] = _run(engine, rank, state["step"], 8)
         result["resumed_params"] = _params(engine)
+    if scenario.startswith("brokenweights"):  # the training loop stops once the weights themselves are NaN
+        from pretrain.loop import NonFiniteWeights, RunConfig, TrainingLoop
+
+        engine = _build(stage, seed=0)
+        loop = TrainingLoop(engine, engine.optimizer, RunConfig(dir=str(run_dir), steps=6, log_every=0, save_every=0,
+                                                                resume="none"))
+        try:
+            batch = {**_batch(rank), "image": _batch(rank)["images"]}  # the loop counts samples by "image"
+            loop.run(lambda step: batch, nan_gradient_loss)
+            result["broken"] = None
+        except NonFiniteWeights as err:
+            result["broken"] = str(err)
     if scenario.startswith("nan") or scenario.startswith("train"):
         engine = engine if scenario.startswith("train") else _build(stage, seed=0)
         before = _params(engine)
@@ -190,6 +208,12 @@ def test_single_process_zero0_resume_is_exact(tmp_path):
     assert (ckpt / "step00000004").is_dir()
     assert not list(ckpt.glob(".*tmp"))
     assert "zero_stage: 0" in (tmp_path / "run" / "config.yaml").read_text()
+
+
+def test_weights_that_turn_nan_stop_the_run_instead_of_skipping_every_step(tmp_path):
+    [result] = _spawn(tmp_path, "brokenweights0", world=1)
+    assert result["broken"] is not None, "the loop went on skipping steps"
+    assert "NaN/inf after optimizer step 1" in result["broken"] and "no checkpoint yet" in result["broken"]
 
 
 @pytest.mark.multiproc
