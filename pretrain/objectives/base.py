@@ -13,6 +13,12 @@ data): a pair is concatenated into one batch before embedding, so every sample o
 every query, as if the two streams had been drawn as one batch. Objectives never build a B x B logits
 matrix themselves: they call `kernels.distributed_contrastive_loss`, which is the plain fused loss in one
 process and gathers keys with gradient under torch.distributed; the model stays parallelism-agnostic.
+
+Collapse diagnostic. Each call also leaves `objective.diagnostics`: for every loss term, the mean pairwise
+cosine of the image and of the text embeddings it was computed from (`cos_image/<term>`, `cos_text/<term>`;
+`mean_pairwise_cosine`). Near 1, every sample maps to the same point (collapse: a contrastive term then sits
+at ln(batch)); a learning run stays well below. The trainer logs them with the loss terms; they are never
+summed into the loss.
 """
 
 from __future__ import annotations
@@ -68,10 +74,31 @@ def embed(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, t
     return out["image_embeds"], out["text_embeds"], out["logit_scale"]
 
 
+def mean_pairwise_cosine(x: torch.Tensor) -> torch.Tensor:
+    """Mean cosine over the n (n - 1) ordered pairs of distinct rows of x (n, D), detached, in float32: from
+    |sum of unit rows|^2 = n + sum_{i != j} cos_ij, so O(n D). 1 = all rows point the same way; about 0 for
+    random directions; NaN for fewer than 2 rows."""
+    unit = F.normalize(x.detach().float(), dim=-1)
+    n = unit.shape[0]
+    if n < 2:
+        return torch.tensor(float("nan"), device=x.device)
+    total = unit.sum(dim=0)
+    return (total.dot(total) - n) / (n * (n - 1))
+
+
 class Objective(ABC):
     """Maps (model, batch or (public, elite) pair) to named scalar loss terms."""
 
     name: str
+    diagnostics: dict[str, torch.Tensor]
+
+    def note_spread(self, term: str, image: torch.Tensor | None, text: torch.Tensor | None) -> None:
+        """Record the collapse diagnostic of a loss term's inputs (this rank's rows; None = not an input)."""
+        if not hasattr(self, "diagnostics"):
+            self.diagnostics = {}
+        for side, x in (("image", image), ("text", text)):
+            if x is not None:
+                self.diagnostics[f"cos_{side}/{term}"] = mean_pairwise_cosine(x)
 
     def auxiliary_modules(self, model: nn.Module) -> dict[str, nn.Module]:
         """Training-only modules this method needs beside the model (revision attention, momentum encoders,
