@@ -135,9 +135,12 @@ def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scal
     labels = as_label_tensor(labels) if opts.needs_labels else None
     key_labels = labels if key_labels is None or labels is None else as_label_tensor(key_labels)
     queue_labels = as_label_tensor(queue_labels) if opts.needs_labels and queue_labels is not None else None
-    # a snapshot without gradient: callers (ViLReF) update their queues in place before the backward runs
+    # a snapshot without gradient: callers (ViLReF) update their queues in place before the backward runs, and
+    # the backward recomputes the weights from the labels, so the labels are copied too (a packed label buffer
+    # passes through as_label_tensor as itself; rewritten under the backward, its weights left [0, 1] and NaN'd)
     image_queue = None if image_queue is None else image_queue.detach().clone()
     text_queue = None if text_queue is None else text_queue.detach().clone()
+    queue_labels = None if queue_labels is None else queue_labels.clone()
 
     m = image_emb.shape[0]
     n = m if text_keys is None else text_keys.shape[0]
