@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from kernels import contrastive_loss
+from kernels.contrastive import LossOptions, reference_contrastive_loss
+from kernels.contrastive.spec import unpack_multi_hot
 from pretrain.model import add_auxiliary, build_model
 from pretrain.objectives import build_objective
 from pretrain.objectives.momentum import FeatureQueue, MomentumEncoder, ema_update, parameter_pairs
@@ -214,6 +216,36 @@ def test_objective_matches_kernel_and_fills_queue(tokenizer):
     assert int(model.auxiliary["feature_queue"].count) == 4  # eval calls never enqueue
 
 
+def test_gradients_use_the_queue_as_the_loss_saw_it(tokenizer):
+    """Once the queue is full, each step's enqueue overwrites keys and label sets between the loss and the
+    backward; the gradient must still be that of the loss against the queue as it stood (the float64
+    reference on a snapshot). With the labels read back after the overwrite, weights left [0, 1] and the
+    ablation's ViLReF weights turned NaN."""
+    torch.manual_seed(0)
+    model = build_model(tiny_model_config())
+    objective = build_objective("vilref", queue_size=4, momentum=0.5, alpha=0.5)
+    add_auxiliary(model, objective.auxiliary_modules(model))
+    model.train()
+    objective(model, _batch(tokenizer, CAPTIONS))  # fills the queue
+    batch = _batch(tokenizer, ["glaucoma", "no glaucoma", "drusen and glaucoma", "a normal fundus"], seed=1)
+    queue = model.auxiliary["feature_queue"]
+    qi, qt = queue.image.clone(), queue.text.clone()
+    ql = unpack_multi_hot(queue.labels.clone())[:, :objective.num_labels]
+    torch.manual_seed(5)  # the same dropout in both forwards
+    loss = objective(model, batch)["contrastive"]
+    assert not torch.equal(unpack_multi_hot(queue.labels)[:, :objective.num_labels], ql)  # really overwritten
+    weight = model.visual_projection.proj.weight
+    got = torch.autograd.grad(loss, weight)[0]
+    torch.manual_seed(5)
+    out = model(batch["image"], batch["input_ids"], batch["attention_mask"])
+    ref = reference_contrastive_loss(out["image_embeds"], out["text_embeds"], out["logit_scale"],
+                                     labels=extract_multi_hot(batch["text"]).long(),
+                                     opts=LossOptions(exclude_false_negatives=True, weighting="cosine", alpha=0.5),
+                                     image_queue=qi, text_queue=qt, queue_labels=ql.long())
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got.double(), torch.autograd.grad(ref, weight)[0].double(), rtol=1e-4, atol=1e-6)
+
+
 def test_objective_options_are_checked(tokenizer):
     with pytest.raises(ValueError, match="weighting"):
         ViLReFObjective(weighting="dice")
@@ -226,33 +258,67 @@ def test_objective_options_are_checked(tokenizer):
 
 # ----------------------------------------------------------------------------- 2-process DeepSpeed (CPU, gloo)
 
-STEPS = 6
-RANK_CAPTIONS = [["drusen at the macula", "no glaucoma", "hemorrhages and drusen", "glaucoma"],
-                 ["microaneurysms", "macular edema", "a normal fundus", "neovascularization"]]
+STEPS, SAVE_AT = 6, 3
+CAPTION_POOL = ["drusen at the macula", "no glaucoma", "hemorrhages and drusen", "glaucoma", "microaneurysms",
+                "macular edema", "a normal fundus", "neovascularization", "drusen and glaucoma"]
 
 
-def _worker(rank: int, world: int, stages: tuple[int, ...], batches: list[dict]) -> dict:
+def _step_batch(tokenizer, rank: int, step: int) -> dict:
+    """A different batch on every rank and step, so the queue's keys and label sets change as it wraps."""
+    start = 4 * rank + 3 * step
+    captions = [CAPTION_POOL[(start + i) % len(CAPTION_POOL)] for i in range(4)]
+    return _batch(tokenizer, captions, seed=100 * step + rank)
+
+
+def _vilref_engine(stage: int):
+    from pretrain.engine import EngineConfig, build_engine
+
+    torch.manual_seed(0)
+    model = build_model(tiny_model_config())
+    objective = ViLReFObjective(queue_size=12, momentum=0.5)  # 12 slots, 8 keys per step: wraps mid-batch
+    add_auxiliary(model, objective.auxiliary_modules(model))
+    engine = build_engine(model, EngineConfig(zero_stage=stage, micro_batch_size=4, lr=5e-3, warmup_steps=1,
+                                              total_steps=STEPS))[0]
+    return engine, objective
+
+
+def _state(engine) -> dict[str, torch.Tensor]:
+    """Every parameter (gathered under ZeRO-3) and buffer: online towers, momentum copies, the queue."""
     import deepspeed
 
-    from pretrain.engine import EngineConfig, build_engine, init_distributed_env, train_step
+    module = engine.module
+    with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+        state = {n: p.detach().clone() for n, p in module.named_parameters()}
+    state.update({n: b.detach().clone() for n, b in module.named_buffers()})
+    return state
+
+
+def _worker(rank: int, world: int, stages: tuple[int, ...], run_root: str) -> dict:
+    import deepspeed
+    from transformers import AutoTokenizer
+
+    from pretrain.checkpoint import load_checkpoint, save_checkpoint
+    from pretrain.engine import init_distributed_env, train_step
     from pretrain.objectives import weighted_total
+    from pretrain.towers import resolve_text_path
 
     init_distributed_env()
-    batch = batches[rank]
+    tokenizer = AutoTokenizer.from_pretrained(resolve_text_path("offline-minilm"))
     result = {}
     for stage in stages:
-        torch.manual_seed(0)
-        model = build_model(tiny_model_config())
-        objective = ViLReFObjective(queue_size=8, momentum=0.5)
-        add_auxiliary(model, objective.auxiliary_modules(model))
-        engine = build_engine(model, EngineConfig(zero_stage=stage, micro_batch_size=4, lr=5e-3, warmup_steps=1,
-                                                  total_steps=STEPS))[0]
+        run_dir = f"{run_root}/zero{stage}"
+        engine, objective = _vilref_engine(stage)
 
         def loss_fn(eng, b):
             terms = objective(eng.module, b)
             return {"loss": weighted_total(terms, {}), **terms}
 
-        losses = [train_step(engine, loss_fn, batch)["loss"] for _ in range(STEPS)]
+        losses = []
+        for step in range(STEPS):
+            losses.append(train_step(engine, loss_fn, _step_batch(tokenizer, rank, step))["loss"])
+            if step + 1 == SAVE_AT:
+                save_checkpoint(engine, run_dir, SAVE_AT)
+        final = _state(engine)
         module = engine.module
         online = [p for part in ("vision_model", "text_model", "visual_projection", "text_projection")
                   for p in getattr(module, part).parameters()]
@@ -263,21 +329,32 @@ def _worker(rank: int, world: int, stages: tuple[int, ...], batches: list[dict])
         ema_update(module, module.auxiliary["momentum_encoder"], 0.25)  # partition-wise under ZeRO-3
         with deepspeed.zero.GatheredParameters(momentum, modifier_rank=None):
             ema_error = max(float((q - (0.25 * b + 0.75 * t)).abs().max()) for q, b, t in zip(momentum, before, theta))
-        result[stage] = {"losses": losses, "ema_error": ema_error, "queue": module.auxiliary["feature_queue"].image.clone(),
-                         "count": int(module.auxiliary["feature_queue"].count)}
+        # a fresh engine resumed from step 3 replays steps 4-6
+        resumed, objective = _vilref_engine(stage)
+        client_state = load_checkpoint(resumed, run_dir, "auto")
+        resumed_losses = [train_step(resumed, loss_fn, _step_batch(tokenizer, rank, step))["loss"]
+                          for step in range(client_state["step"], STEPS)]
+        result[stage] = {"losses": losses, "ema_error": ema_error, "final": final, "resumed_final": _state(resumed),
+                         "resumed_losses": resumed_losses, "resumed_from": client_state["step"]}
     return result
 
 
-def test_two_processes_zero1_and_zero3_train(tokenizer):
+@pytest.mark.multiproc
+def test_two_processes_zero1_and_zero3_train_and_resume_exactly(tmp_path):
     stages = (1, 3)
-    batches = [_batch(tokenizer, RANK_CAPTIONS[rank], seed=rank) for rank in range(2)]
-    results = run_ranks(_worker, 2, stages, batches)
+    results = run_ranks(_worker, 2, stages, str(tmp_path))
     for stage in stages:
         for res in results:
-            losses = res[stage]["losses"]
-            assert all(math.isfinite(x) for x in losses), (stage, losses)
-            assert losses[-1] < losses[0], (stage, losses)
-            assert res[stage]["ema_error"] < 1e-6, stage
-            assert res[stage]["count"] == 8
+            r = res[stage]
+            assert all(math.isfinite(x) for x in r["losses"]), (stage, r["losses"])
+            assert r["losses"][-1] < r["losses"][0], (stage, r["losses"])
+            assert r["ema_error"] < 1e-6, stage
+            assert int(r["final"]["auxiliary.feature_queue.count"]) == 12
+            # exact resume: the same losses and every parameter, momentum copy and queue entry bit for bit
+            assert r["resumed_from"] == SAVE_AT and r["resumed_losses"] == r["losses"][SAVE_AT:], stage
+            assert r["final"].keys() == r["resumed_final"].keys()
+            for name, value in r["final"].items():
+                assert torch.equal(value, r["resumed_final"][name]), (stage, name)
         # every rank enqueued the same gathered global batch
-        torch.testing.assert_close(results[0][stage]["queue"], results[1][stage]["queue"])
+        torch.testing.assert_close(results[0][stage]["final"]["auxiliary.feature_queue.image"],
+                                   results[1][stage]["final"]["auxiliary.feature_queue.image"])
