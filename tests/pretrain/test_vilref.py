@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from kernels import contrastive_loss
+from kernels import contrastive_loss, pack_multi_hot
 from kernels.contrastive import LossOptions, reference_contrastive_loss
 from kernels.contrastive.spec import unpack_multi_hot
 from pretrain.model import add_auxiliary, build_model
@@ -83,6 +83,82 @@ def test_wscl_with_queue_matches_hand_reference():
                             alpha=0.5, image_queue=qi, text_queue=qt, queue_labels=qlab)
     expected = hand_wscl(image, text, 10.0, LABELS, 0.5, iq, tq, ql)
     torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+# The abstract's three properties (its method section, with the equations, is not readable here; README).
+
+
+def _unit(g: torch.Generator, n: int, dim: int = 8) -> torch.Tensor:
+    return torch.nn.functional.normalize(torch.randn(n, dim, generator=g, dtype=torch.float64), dim=-1).float()
+
+
+@pytest.mark.parametrize("alpha", [0.3, 1.0])
+def test_identical_label_sets_never_repel(alpha):
+    """Samples 0 and 1 share a label set: image 0's gradient does not depend on text 1 at all (no push from
+    it in either direction), while text 2 (other labels) does push it."""
+    g = torch.Generator().manual_seed(2)
+    image, base_text = _unit(g, 5), _unit(g, 5)
+
+    def image0_grad(text: torch.Tensor) -> torch.Tensor:
+        v = image.clone().requires_grad_()
+        loss = contrastive_loss(v, text, 10.0, labels=LABELS, exclude_false_negatives=True, weighting="cosine",
+                                alpha=alpha)
+        return torch.autograd.grad(loss, v)[0][0]
+
+    moved_1, moved_2 = base_text.clone(), base_text.clone()
+    moved_1[1], moved_2[2] = _unit(g, 1)[0], _unit(g, 1)[0]
+    torch.testing.assert_close(image0_grad(moved_1), image0_grad(base_text), rtol=1e-5, atol=1e-7)
+    assert (image0_grad(moved_2) - image0_grad(base_text)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("alpha", [0.25, 0.5, 0.9])
+def test_negatives_are_pushed_in_proportion_to_their_weight(alpha):
+    """Two negatives at the same place that differ only in labels: the pull on them from query 0 is in the
+    ratio of their weights, 1 : (1 - alpha cos) for label cosine 0 vs cos."""
+    g = torch.Generator().manual_seed(3)
+    query_image, query_text, negative = _unit(g, 1), _unit(g, 1), _unit(g, 1)
+    text_keys = torch.cat([query_text, negative, negative]).requires_grad_()
+    image_keys = _unit(g, 3)
+    labels = torch.tensor([[1, 1, 0, 0], [0, 0, 1, 0], [1, 0, 0, 0]], dtype=torch.uint8)  # cos(row 0, key 2) = 1/sqrt2
+    loss = contrastive_loss(query_image, query_text, 10.0, labels=labels[:1], key_labels=labels,
+                            image_keys=image_keys, text_keys=text_keys, offset=0, exclude_false_negatives=True,
+                            weighting="cosine", alpha=alpha)
+    grad = torch.autograd.grad(loss, text_keys)[0]
+    ratio = grad[2].norm() / grad[1].norm()
+    assert float(ratio) == pytest.approx(1 - alpha / math.sqrt(2), rel=1e-4)
+
+
+def test_momentum_keys_refill_the_removed_negatives(tokenizer):
+    """After a training step the queue holds the momentum encoders' embeddings of the batch with its label
+    sets, and in the next loss they add exactly the keys whose label sets differ from a row's as negatives."""
+    torch.manual_seed(0)
+    model = build_model(tiny_model_config())
+    objective = build_objective("vilref", queue_size=8, momentum=0.5, alpha=0.5)
+    add_auxiliary(model, objective.auxiliary_modules(model))
+    model.train()
+    encoder, queue = model.auxiliary["momentum_encoder"], model.auxiliary["feature_queue"]
+    encoder.eval()  # no dropout in the keys, so they can be recomputed below
+    batch = _batch(tokenizer, CAPTIONS)
+    objective(model, batch)
+    with torch.no_grad():
+        image_m = encoder.get_image_features(batch["image"])
+        text_m = encoder.get_text_features(batch["input_ids"], batch["attention_mask"])
+    qi, qt, ql = queue.contents()
+    torch.testing.assert_close(qi, image_m)
+    torch.testing.assert_close(qt, text_m)
+    labels = extract_multi_hot(CAPTIONS)
+    assert torch.equal(unpack_multi_hot(ql)[:, :objective.num_labels], labels.long())
+    # row 0 ("drusen at the macula") loses its in-batch twin (row 1) as a negative and regains the queued
+    # keys of other label sets: 2 of the 4 queued keys (rows 2, 3), while its twins (rows 0, 1) stay excluded
+    from kernels.contrastive.spec import label_codes, pair_rules
+
+    codes = label_codes(pack_multi_hot(labels))
+    queued = label_codes(ql)
+    i, j = torch.arange(4)[:, None], torch.arange(4)[None, :]
+    _, in_batch = pair_rules(i, j, 0, codes, codes, LossOptions(exclude_false_negatives=True, weighting="cosine"))
+    _, from_queue = pair_rules(i, j, 4, codes, queued, LossOptions(exclude_false_negatives=True, weighting="cosine"))
+    assert int((in_batch[0] > 0).sum()) - 1 == 2  # negatives left in the batch (minus the true pair)
+    assert (from_queue[0] > 0).tolist() == [False, False, True, True]
 
 
 def test_queue_is_fifo():
