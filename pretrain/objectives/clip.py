@@ -17,4 +17,5 @@ class ClipObjective(Objective):
 
     def __call__(self, model: nn.Module, batch: Batch | PairedBatch) -> dict[str, torch.Tensor]:
         image, text, scale = embed(model, as_batch(batch))
+        self.note_spread("contrastive", image, text)
         return {"contrastive": distributed_contrastive_loss(image, text, scale, backend=self.backend)}

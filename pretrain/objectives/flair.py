@@ -24,6 +24,7 @@ class FlairObjective(Objective):
         batch = as_batch(batch)
         labels = batch["multi_hot"] if self.use_multi_hot else batch["category_ids"]
         image, text, scale = embed(model, batch)
+        self.note_spread("contrastive", image, text)
         loss = distributed_contrastive_loss(image, text, scale, labels=labels, positives="labels",
                                             backend=self.backend)
         return {"contrastive": loss}

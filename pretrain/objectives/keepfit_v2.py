@@ -21,7 +21,10 @@ Design choices (the paper's method section is not reachable here, so these are o
 - the caption loss is the mean cross-entropy over this rank's real target tokens (through `[SEP]`); ranks
   are then averaged by DeepSpeed's gradient all-reduce. A rank without a captioned sample still runs the
   decoder on one row with weight 0, so every rank produces gradients for the same parameters (ZeRO's
-  reduction would otherwise wait forever).
+  reduction would otherwise wait forever);
+- collapse diagnostic (pretrain.objectives.base): `contrastive` records the image and text embeddings of every
+  sample; `caption` records the image embeddings of the captioned rows only (the decoder reads their tokens,
+  the embedding is their summary; a caption has no text embedding), and nothing in a step without one.
 """
 
 from __future__ import annotations
@@ -90,11 +93,14 @@ class KeepFITV2Objective(Objective):
         labels = merged["multi_hot"] if self.use_multi_hot else merged["category_ids"]
         contrastive = distributed_contrastive_loss(out["image_embeds"], out["text_embeds"], out["logit_scale"],
                                                    labels=labels, positives="labels", backend=self.backend)
+        self.note_spread("contrastive", out["image_embeds"], out["text_embeds"])
         tokens = out["image_tokens"]
         rows = self.caption_rows(batch).to(tokens.device)
         weight = 1.0
         if rows.numel() == 0:  # see the module doc: still run the decoder, with weight 0
             rows, weight = torch.zeros(1, dtype=torch.long, device=tokens.device), 0.0
+        else:  # see the module doc: the captioned images' embeddings, no text side
+            self.note_spread("caption", out["image_embeds"][rows], None)
         ids, mask = merged["input_ids"][rows], merged["attention_mask"][rows]
         caption = weight * caption_loss(decoder, tokens[rows], ids, mask)
         return {"contrastive": contrastive, "caption": caption}

@@ -110,6 +110,7 @@ class ViLReFObjective(Objective):
         if encoder is not None and model.training:
             ema_update(model, encoder, self.momentum)
         image, text, scale = embed(model, batch)
+        self.note_spread("contrastive", image, text)  # this step's batch; the queue holds older, EMA embeddings
         labels = self.labels(batch, image.device)
         stored = queue.contents() if queue is not None else None
         image_q, text_q, labels_q = stored if stored is not None else (None, None, None)

@@ -16,8 +16,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_YAML = REPO / "pretrain" / "configs" / "tiny_cpu.yaml"
-STEP_LINE = re.compile(r"^step (\d+) \| loss (\S+) \| contrastive (\S+) \| lr \S+ \| logit_scale \S+ \| "
-                       r"samples/s \S+ \| mem \S+ MiB \| data lost \d+$", re.MULTILINE)
+STEP_LINE = re.compile(r"^step (\d+) \| loss (\S+) \| contrastive (\S+) \| cos img/txt contrastive \S+/\S+ \| lr \S+ \| "
+                       r"logit_scale \S+ \| samples/s \S+ \| mem \S+ MiB \| data lost \d+$", re.MULTILINE)
 
 
 @pytest.fixture(scope="module")
