@@ -35,9 +35,14 @@ release's value is what pretrain/configs/keepfit_v1_cpu.yaml sets unless said ot
                        weights in training. With one head every weight is 1 (a plain sum over keys). Off in the
                        config too: normalising over heads is a bug of the release, kept only for parity checks.
 
+The rest of the release's set-up lives outside the objective: 1:1 public:elite batches (`data.elite_batch_size:
+null`), the elite stream unaugmented (`data.augment_elite: false`) and the start from FLAIR's weights
+(`model.init_from`: a FLAIR run folder or an imported FLAIR checkpoint; the revision attention starts fresh).
+README "KeepFIT V1: the release" lists every option and what still differs.
+
 Collapse diagnostic (Objective.note_spread): `contrastive` notes the public image and text rows, `elite_contrastive`
 the elite rows, and `revision` the revised text it pulls toward (text side only: its queries are the public
-images noted under `contrastive`). Rows are this rank's.
+images noted under `contrastive`; offline, the attached captions' embeddings). Rows are this rank's.
 
 Offline variant (`offline_captions: FILE`): the caption of each public sample's nearest elite sample is
 attached beforehand (by image-embedding similarity; cluster.offline_captions.write_offline_captions
