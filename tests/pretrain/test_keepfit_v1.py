@@ -301,7 +301,7 @@ class _ReleasedMHA(torch.nn.Module):
 def test_implicit_softmax_dim_of_a_3d_tensor_is_0():
     x = torch.randn(2, 3, 5)
     with pytest.warns(UserWarning, match="Implicit dimension"):
-        implicit = F.softmax(x)  # noqa: the release's call, which the reference above mirrors with dim=0
+        implicit = F.softmax(x)  # the release's call, which the reference above mirrors with dim=0
     torch.testing.assert_close(implicit, F.softmax(x, dim=0))
 
 
