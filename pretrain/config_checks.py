@@ -39,7 +39,8 @@ def check_run(run: Any) -> None:
 def check_data(data: Any) -> None:
     """data.*: the numbers only (whether data.public / data.elite exist is pretrain.preflight's)."""
     for key in ("batch_size", "elite_batch_size", "image_size", "max_text_len"):
-        _at_least(f"data.{key}", getattr(data, key), 1)
+        if getattr(data, key) is not None:  # elite_batch_size null: the same as batch_size
+            _at_least(f"data.{key}", getattr(data, key), 1)
     _at_least("data.workers", data.workers, 0)
     _at_least("data.shuffle_buffer", data.shuffle_buffer, 0)
     _within("data.elite_fraction", data.elite_fraction, 0.0, 1.0)

@@ -77,8 +77,9 @@ class DataConfig:
     """ratio mix: probability that a sample is drawn from the elite set."""
     batch_size: int = 32
     """Samples per batch per rank (the public batch in paired mode)."""
-    elite_batch_size: int = 8
-    """paired mix: samples per elite batch per rank (unused in ratio mode)."""
+    elite_batch_size: int | None = 8
+    """paired mix: samples per elite batch per rank (unused in ratio mode); null: the same as batch_size, the 1:1
+    public:expert batches of KeepFIT's release (24 + 24 per GPU)."""
     image_size: int = 224
     """Side of the square images fed to the model."""
     max_text_len: int = 77
@@ -90,6 +91,10 @@ class DataConfig:
     augment: bool = True
     """Random augmentation for training: our fundus augmentation (crop, flip, rotation, colour jitter), or
     FLAIR's (flip, affine, colour jitter at FLAIR's probabilities) with style flair."""
+    augment_elite: bool = True
+    """With augment on, augment the elite samples too; false: elite samples get the evaluation transform in
+    training, as KeepFIT's release (MM-Retinal KeepFITModel.train_epoch_with_KD_loss_Atte_s augments the public
+    batch only)."""
     style: Literal["ours", "flair"] = "ours"
     """ours: our augmentation and prompt templates; flair: FLAIR's augmentation and caption (one template, and the
     category swapped for one of its expert definitions), pretrain.flair_data. Pixel scaling is the image
@@ -112,6 +117,11 @@ class DataConfig:
     """Stop the run once the samples lost (shards left out at start, tars that end early, samples that do not
     decode) exceed this fraction of the samples of the split; 1.0 never stops (every loss is still counted)."""
 
+    @property
+    def elite_batch(self) -> int:
+        """Samples per elite batch per rank, elite_batch_size resolved."""
+        return self.batch_size if self.elite_batch_size is None else self.elite_batch_size
+
     def validate(self) -> None:
         if self.public is None and self.elite is None:
             raise ValueError("data: set data.public and/or data.elite")
@@ -121,7 +131,7 @@ class DataConfig:
             raise ValueError("data.elite_fraction must be in [0, 1]")
         if not 0.0 <= self.max_lost_fraction <= 1.0:
             raise ValueError("data.max_lost_fraction must be in [0, 1]")
-        if min(self.batch_size, self.elite_batch_size, self.image_size, self.max_text_len) < 1:
+        if min(self.batch_size, self.elite_batch, self.image_size, self.max_text_len) < 1:
             raise ValueError("data: batch sizes, image_size and max_text_len must be positive")
         if self.flair_definitions is not None and not Path(self.flair_definitions).is_file():
             raise ValueError(f"data.flair_definitions: {self.flair_definitions} is not a file")
@@ -292,11 +302,13 @@ def _samples(shard_dir: str | Path, split: str, cfg: DataConfig, *, rank: int, w
 
 def make_stream(shard_dir: str | Path, cfg: DataConfig, tokenizer: Any, *, batch_size: int, rank: int = 0,
                 world_size: int = 1, resampled: bool = True, epoch_seed: int = 0,
-                pixel_scaling: str = "clip") -> wds.DataPipeline:
-    """Dict batches from one shard set: infinite and seeded by `epoch_seed` when resampled, else one pass."""
+                pixel_scaling: str = "clip", augment: bool | None = None) -> wds.DataPipeline:
+    """Dict batches from one shard set: infinite and seeded by `epoch_seed` when resampled, else one pass.
+    `augment`: None = cfg.augment."""
     seed = stable_seed(cfg.seed, epoch_seed, Path(shard_dir).name)
     samples = _samples(shard_dir, cfg.split, cfg, rank=rank, world_size=world_size, resampled=resampled,
-                       seed=seed, augment=cfg.augment, shuffle=True, scaling=pixel_scaling)
+                       seed=seed, augment=cfg.augment if augment is None else augment, shuffle=True,
+                       scaling=pixel_scaling)
     collate = Collate(tokenizer, cfg.max_text_len, len(_vocabulary(shard_dir)), _padding(cfg))
     return wds.DataPipeline(samples, wds.batched(batch_size, collation_fn=collate, partial=not resampled))
 
@@ -310,24 +322,29 @@ def make_loader(cfg: DataConfig, tokenizer: Any, rank: int = 0, world_size: int 
     """
     cfg.validate()
 
-    def stream(shard_dir: str, batch_size: int) -> wds.DataPipeline:
+    elite_augment = cfg.augment and cfg.augment_elite
+
+    def stream(shard_dir: str, batch_size: int, augment: bool) -> wds.DataPipeline:
         return make_stream(shard_dir, cfg, tokenizer, batch_size=batch_size, rank=rank, world_size=world_size,
-                           epoch_seed=step, pixel_scaling=pixel_scaling)
+                           epoch_seed=step, pixel_scaling=pixel_scaling, augment=augment)
 
     if cfg.mix == "paired":
         assert cfg.public is not None and cfg.elite is not None
-        pipeline = wds.DataPipeline(partial(_pairs, stream(cfg.public, cfg.batch_size),
-                                            stream(cfg.elite, cfg.elite_batch_size)))
+        pipeline = wds.DataPipeline(partial(_pairs, stream(cfg.public, cfg.batch_size, cfg.augment),
+                                            stream(cfg.elite, cfg.elite_batch, elite_augment)))
     elif cfg.public is None or cfg.elite is None:
-        pipeline = stream(cfg.public or cfg.elite, cfg.batch_size)  # type: ignore[arg-type]
+        pipeline = (stream(cfg.public, cfg.batch_size, cfg.augment) if cfg.public is not None
+                    else stream(cfg.elite, cfg.batch_size, elite_augment))  # type: ignore[arg-type]
     else:
         if _vocabulary(cfg.public) != _vocabulary(cfg.elite):
             raise ValueError("data.public and data.elite have different label vocabularies; rebuild them together")
         seed = stable_seed(cfg.seed, step)
-        kwargs = {"rank": rank, "world_size": world_size, "resampled": True, "augment": cfg.augment,
-                  "shuffle": True, "scaling": pixel_scaling}
-        public = _samples(cfg.public, cfg.split, cfg, seed=stable_seed(seed, "public"), **kwargs)
-        elite = _samples(cfg.elite, cfg.split, cfg, seed=stable_seed(seed, "elite"), **kwargs)
+        kwargs = {"rank": rank, "world_size": world_size, "resampled": True, "shuffle": True,
+                  "scaling": pixel_scaling}
+        public = _samples(cfg.public, cfg.split, cfg, seed=stable_seed(seed, "public"), augment=cfg.augment,
+                          **kwargs)
+        elite = _samples(cfg.elite, cfg.split, cfg, seed=stable_seed(seed, "elite"), augment=elite_augment,
+                         **kwargs)
         collate = Collate(tokenizer, cfg.max_text_len, len(_vocabulary(cfg.public)), _padding(cfg))
         pipeline = wds.DataPipeline(partial(_mix, public, elite, cfg.elite_fraction, stable_seed(seed, rank)),
                                     wds.batched(cfg.batch_size, collation_fn=collate, partial=False))

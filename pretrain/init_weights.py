@@ -1,8 +1,13 @@
-"""Initialise a freshly built model from an export folder or a .safetensors file (model.init_from).
+"""Initialise a freshly built model from an export folder, a .safetensors file or a run of ours (model.init_from).
 
     load_init_weights(model, "exported/demo")     # strict: every tensor present, same shape, nothing else
+    load_init_weights(model, "runs/flair")        # a training run: its checkpoints/latest, consolidated
 
-Only safetensors are read: nothing pickled is ever loaded.
+An export or a file is read as safetensors only. A run folder (or its checkpoints folder, or one tag folder) is
+consolidated by pretrain.consolidate, which reads every file with torch.load(weights_only=True) first, so
+nothing pickled runs either. The run's training-only modules (`auxiliary.*`: revision attention, momentum
+encoders, queues) are left out: the new run's objective adds its own afterwards, freshly initialised (how
+KeepFIT V1 continues from a FLAIR run).
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from torch import nn
 
 from shards.printable import error_text, printable
 
-__all__ = ["HFImportError", "load_init_weights", "read_weights", "safetensors_problem", "weights_file"]
+__all__ = ["HFImportError", "is_run_checkpoint", "load_init_weights", "read_weights", "run_weights",
+           "safetensors_problem", "weights_file"]
 
 log = logging.getLogger("pretrain.init_weights")
 
@@ -26,6 +32,42 @@ MAX_HEADER = 100_000_000  # the safetensors library refuses larger headers too
 
 class HFImportError(ValueError):
     """An export folder or weights file that cannot initialise the model."""
+
+
+def is_run_checkpoint(path: str | Path) -> bool:
+    """A folder without model.safetensors: init_from then means a training run (or a checkpoint inside one)."""
+    path = Path(path)
+    return path.is_dir() and not (path / "model.safetensors").exists()
+
+
+def run_checkpoint(path: str | Path) -> Path:
+    """The tag folder of a run that init_from names; HFImportError saying what init_from accepts otherwise."""
+    from pretrain.checkpoint import CheckpointError, resolve_checkpoint
+
+    try:
+        return resolve_checkpoint(path)
+    except CheckpointError as err:
+        raise HFImportError(f"model.init_from: {str(path)!r} is neither an export folder (no model.safetensors) nor "
+                            f"a run of ours ({err})") from None
+
+
+def run_weights(path: str | Path) -> dict[str, Any]:
+    """The model tensors of a run's checkpoint (fp32, consolidated over ZeRO ranks), without `auxiliary.*`."""
+    from pretrain.checkpoint import CheckpointError
+    from pretrain.consolidate import load_model_state_dict
+    from pretrain.model import without_auxiliary
+
+    tag_dir = run_checkpoint(path)
+    try:
+        state = load_model_state_dict(tag_dir)
+    except CheckpointError as err:
+        raise HFImportError(f"model.init_from: {err}") from None
+    weights = without_auxiliary(state)
+    if len(weights) < len(state):
+        log.info("model.init_from: %d tensors of the run's training-only modules (auxiliary.*) left out",
+                 len(state) - len(weights))
+    log.info("model.init_from: weights of %s", tag_dir)
+    return weights
 
 
 def weights_file(path: str | Path) -> Path:
@@ -77,12 +119,13 @@ def read_weights(path: Path) -> dict[str, Any]:
 
 
 def load_init_weights(model: nn.Module, path: str | Path) -> None:
-    """Load an export's (or a .safetensors file's) weights into a freshly built RetinaCLIP.
+    """Load an export's (a .safetensors file's, a run's) weights into a freshly built RetinaCLIP.
 
     Every parameter and buffer must be present with the same shape, and nothing else may be there; the one
     exception is `caption_decoder.*`, loaded when the model has a caption decoder and otherwise skipped with a
-    warning (the export has a decoder that this config does not ask for)."""
-    weights = read_weights(weights_file(path))
+    warning (the export has a decoder that this config does not ask for). A run's `auxiliary.*` tensors are
+    never loaded (see the module doc); the model must not have auxiliary modules yet."""
+    weights = run_weights(path) if is_run_checkpoint(path) else read_weights(weights_file(path))
     own = model.state_dict()
     has_decoder = any(k.startswith(DECODER_PREFIX) for k in own)
     if not has_decoder:

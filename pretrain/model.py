@@ -71,9 +71,10 @@ class ModelConfig:
     caption_decoder: CaptionDecoderConfig | None = None
     """A caption decoder cross-attending to the image tokens (KeepFIT V2 trains it); null: none."""
     init_from: str | None = None
-    """An exported HF directory (retina-pretrain export-hf) or a .safetensors file whose weights initialise the
-    model after it is built (strict: every tensor must match; caption_decoder.* is loaded only if the model has
-    a caption decoder)."""
+    """An exported HF directory (retina-pretrain export-hf), a .safetensors file, or a training run of ours (its
+    folder, checkpoints folder or one tag folder: the latest checkpoint, consolidated) whose weights initialise
+    the model after it is built (strict: every tensor must match; caption_decoder.* is loaded only if the model
+    has a caption decoder; a run's auxiliary.* modules are left out, so the objective's start fresh)."""
 
 
 class ProjectionHead(nn.Module):

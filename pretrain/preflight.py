@@ -4,8 +4,9 @@
 
 pretrain.config_checks refuses values that make no sense anywhere; this module asks whether this machine can
 carry them out: the run folder can be written, the shard sets exist and have the split, the objective accepts
-its options, model.init_from is a complete safetensors file. Every answer is cheap (index files, headers, no
-image, no model), so a typo costs a second instead of a model build and a DeepSpeed start. Each message
+its options, model.init_from is a complete safetensors file or a run with a checkpoint. Every answer is cheap
+(index files, headers, no image, no model), so a typo costs a second instead of a model build and a DeepSpeed
+start. Each message
 names the option it is about. `retina-pretrain train` runs it (on every rank under a launcher); the Ray
 launcher does not, as its workers may see other disks than the node that submits.
 """
@@ -15,7 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pretrain.init_weights import HFImportError, safetensors_problem, weights_file
+from pretrain.init_weights import (HFImportError, is_run_checkpoint, run_checkpoint, safetensors_problem,
+                                   weights_file)
 from pretrain.objectives import build_objective
 from shards.index import shard_urls
 from shards.output_paths import check_output_dir
@@ -53,6 +55,9 @@ def check_train_inputs(cfg: Any) -> None:
         raise PreflightError(f"--objective ({cfg.method}): {err}") from None
     if cfg.model.init_from:
         try:
+            if is_run_checkpoint(cfg.model.init_from):  # a run of ours: it must have a checkpoint to start from
+                run_checkpoint(cfg.model.init_from)
+                return
             path = weights_file(cfg.model.init_from)
         except HFImportError as err:
             raise PreflightError(str(err)) from None

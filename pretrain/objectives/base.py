@@ -10,7 +10,8 @@ modules an objective needs are declared by `auxiliary_modules` and added by the 
 
 A batch is the dict made by `pretrain.data.Collate`, or a `(public, elite)` pair of them (KeepFIT-style
 data): a pair is concatenated into one batch before embedding, so every sample of both sets is a key for
-every query, as if the two streams had been drawn as one batch. Objectives never build a B x B logits
+every query, as if the two streams had been drawn as one batch (KeepFIT V1's `separate_forwards` embeds each
+stream in its own call instead, as its release does). Objectives never build a B x B logits
 matrix themselves: they call `kernels.distributed_contrastive_loss`, which is the plain fused loss in one
 process and gathers keys with gradient under torch.distributed; the model stays parallelism-agnostic.
 

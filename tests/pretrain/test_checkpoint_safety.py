@@ -80,6 +80,8 @@ def test_a_pickle_payload_never_runs(run, tiny_shards, tmp_path):
         load_run(run)
     init = train(tmp_path / "fresh", tiny_shards, 1, "--model.init_from", str(tag(run, 2) / MODEL_FILE))
     assert init.returncode == 2 and "is not a .safetensors file" in init.stderr and "Traceback" not in init.stderr
+    init = train(tmp_path / "fresh", tiny_shards, 1, "--model.init_from", str(tag(run, 2)))  # a run's tag folder
+    assert init.returncode == 1 and MODEL_FILE in init.stderr and "Traceback" not in init.stderr
     auto = train(run, tiny_shards, 3)  # run.resume auto: the previous good tag instead
     assert auto.returncode == 0, auto.stdout + auto.stderr
     assert "step00000002 fails verification" in auto.stderr and "resumed from step 1" in auto.stdout
