@@ -1,17 +1,32 @@
-"""`retina-pretrain ablate`: every method trained on the same budget, evaluated the same way, compared.
+"""`retina-pretrain ablate`: every method trained on the same budget and seeds, evaluated the same way, compared.
 
     retina-pretrain ablate --out runs/ablation                       # synthesise + build the benchmark first
+    retina-pretrain ablate --out runs/ablation-seeds --seeds 0 1 2   # every method per seed: mean +- std
     retina-pretrain ablate --out runs/ablation --public P --elite E --eval V --methods clip vilref
 
 The budget is shared: the demo CPU model (pretrain/configs/demo_cpu.yaml), the same steps, learning-rate
-schedule, seed and samples per step. A method with paired data (KeepFIT) splits the `--batch-size` samples
+schedule, seeds and samples per step. A method with paired data (KeepFIT) splits the `--batch-size` samples
 into 3/4 public + 1/4 elite; the others draw elite samples with probability 1/4 (data.mix: ratio), so every
-method sees the same number and mix of images. Each method trains in its own `python -m pretrain train`
-process, then `pretrain.evaluate.evaluate` scores it on the evaluation shards (zero-shot and linear probe,
-averaged over the evaluation datasets) and on the elite set's val split (retrieval). A method whose objective
-is not registered (pretrain.objectives.OBJECTIVES) is skipped with a note. Outputs in OUT: ablation.md (the
-table and the exact command), ablation.json (every metric of every method) and ablation.png. Run again with the
-same OUT, it continues: a method whose run already reached --steps is evaluated again, not retrained.
+method sees the same number and mix of images. Each run trains in its own `python -m pretrain train` process,
+then `pretrain.evaluate.evaluate` scores it on the evaluation shards (zero-shot and linear probe, averaged over
+the evaluation datasets) and on the elite set's val split (retrieval). A method whose objective is not
+registered (pretrain.objectives.OBJECTIVES) is skipped with a note.
+
+Seeds: every method trains once per seed of `--seeds` (`--seed K` is `--seeds K`); the seed sets the model's
+initialisation, the data order and the augmentation. The synthetic benchmark is made once, with DATA_SEED, and
+the linear probe's split uses DATA_SEED for every run too: the spread over seeds is the spread of training alone,
+and tables made with other --seeds compare on the same data.
+
+FLAIR init: per seed, one `flair` run of `--flair_init_steps` steps (default half of --steps; 0: none) in
+OUT/runs/seed<k>/flair_init, exported next to it (flair_init_export); every method of `--from_flair` (default
+flair and keepfit_v1) starts from that export (`--model.init_from`) and then trains its --steps, so flair and
+keepfit_v1 compare the same starting weights and the same total budget (init + steps); the other methods start
+from their config's weights with --steps.
+
+Outputs in OUT: runs/seed<k>/<method> (and <method>.log), ablation.json (every metric of every run, and per
+method the mean and sample std over seeds), ablation.md (mean +- std tables, the final loss terms and the collapse
+diagnostic, which differences to flair exceed the seed spread, the exact command) and ablation.png. Run again
+with the same OUT, it continues: a run that already reached its steps is evaluated again, not retrained.
 """
 
 from __future__ import annotations
@@ -40,6 +55,7 @@ METHOD_CONFIGS: dict[str, tuple[str, list[str]]] = {
     "keepfit_v2": ("keepfit_v2_cpu.yaml", ["--model.text.name_or_path", "offline-minilm"]),
     "vilref": ("vilref_cpu.yaml", []),
 }
+PAIRED = ("keepfit_v1", "keepfit_v2")  # a public and an elite batch per step (data.mix: paired)
 # --preset flair: FLAIR's input, text pooling and temperature range on every method (README "FLAIR parity"); the
 # unseen-category hold-out and the definition swap need FLAIR's data and dictionary, so they stay off here
 PRESETS: dict[str, list[str]] = {
@@ -50,6 +66,11 @@ PRESETS: dict[str, list[str]] = {
 COLUMNS = (("zs_aca", "ZS ACA"), ("zs_auc", "ZS AUC"), ("lp_aca", "LP ACA"), ("lp_auc", "LP AUC"),
            ("i2t_R@1", "i2t R@1"), ("i2t_R@5", "i2t R@5"), ("t2i_R@1", "t2i R@1"), ("t2i_R@5", "t2i R@5"),
            ("bleu4", "BLEU-4"), ("rouge_l", "ROUGE-L"))
+INIT = "flair_init"  # the run every --from_flair method of a seed starts from
+DATA_SEED = 0  # the benchmark's synthesis and the linear probe's split, the same for every seed
+# metrics.jsonl keys that are not loss terms (keys with a "/" are the collapse diagnostic, kept as they are)
+NOT_TERMS = frozenset({"step", "loss", "lr", "logit_scale", "samples_per_s", "mem_mib", "data_lost"})
+REFERENCE = "flair"  # the row the other methods are compared with
 
 
 @dataclass
@@ -59,13 +80,17 @@ class AblateConfig:
     methods: list[Method] = field(default_factory=lambda: list(METHODS))
     """Methods to compare."""
     steps: int = 250
-    """Optimizer steps per method."""
+    """Optimizer steps per method (after the FLAIR init for the --from_flair methods)."""
     batch_size: int = 32
     """Samples per step (public + elite)."""
     lr: float = 2e-3
     """Peak learning rate (the demo config's)."""
-    seed: int = 0
-    """Seed of data synthesis, model init and data order."""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    """Seeds of model init, data order and augmentation: every method trains once per seed; also --seed K."""
+    from_flair: list[Method] = field(default_factory=lambda: ["flair", "keepfit_v1"])
+    """Methods that start from their seed's FLAIR init run (none: every method from its config's weights)."""
+    flair_init_steps: int | None = None
+    """Steps of the FLAIR init run of each seed (default: half of --steps; 0: no init run)."""
     zero_stage: int = 0
     """DeepSpeed ZeRO stage of every run."""
     public: str | None = None
@@ -75,7 +100,7 @@ class AblateConfig:
     eval_shards: str | None = None
     """Evaluation shard set with a test split (default: synthesised); also --eval."""
     synth: list[int] = field(default_factory=lambda: [600, 200, 200])
-    """Images to synthesise per set (public, elite, eval) when no shard sets are given."""
+    """Images to synthesise per set (public, elite, eval) when no shard sets are given (once, for every seed)."""
     image_size: int = 96
     """Image side of the synthesised shards and the model."""
     k_shots: list[int] = field(default_factory=list)
@@ -83,6 +108,55 @@ class AblateConfig:
     preset: Literal["ours", "flair"] = "ours"
     """ours: each method's config as shipped; flair: plus FLAIR's data style, [0, 1] pixels, dataset balance,
     text pooling and [1, 100] logit scale on every method (PRESETS)."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training of the ablation: a method (or the FLAIR init, name INIT) at one seed."""
+
+    seed: int
+    name: str
+    method: str
+    dir: Path
+    steps: int
+    init_from: Path | None = None  # the export of this seed's FLAIR init run
+
+    @property
+    def label(self) -> str:
+        return f"seed{self.seed}/{self.name}"
+
+
+def init_steps(args: AblateConfig) -> int:
+    return args.steps // 2 if args.flair_init_steps is None else args.flair_init_steps
+
+
+def init_methods(args: AblateConfig) -> list[str]:
+    """The methods that start from the FLAIR init run (none when it is off)."""
+    return [m for m in args.methods if m in args.from_flair] if init_steps(args) > 0 else []
+
+
+def export_dir(init_run: Path) -> Path:
+    return init_run.with_name(f"{INIT}_export")  # beside the run: export-hf never writes into a run folder
+
+
+def plan(args: AblateConfig, out: Path) -> list[Run]:
+    """Every training, in order: per seed, the FLAIR init run (when a method starts from it), then each method."""
+    runs = []
+    starts_from_init = init_methods(args)
+    for seed in args.seeds:
+        folder = out / "runs" / f"seed{seed}"
+        if starts_from_init:
+            runs.append(Run(seed, INIT, "flair", folder / INIT, init_steps(args)))
+        for method in args.methods:
+            init = export_dir(folder / INIT) if method in starts_from_init else None
+            runs.append(Run(seed, method, method, folder / method, args.steps, init))
+    return runs
+
+
+def contrastive_batch(method: str, batch_size: int) -> int:
+    """Samples per step of the `contrastive` term: keepfit_v1 computes it on its public 3/4 alone (the elite 1/4
+    has its own term); every other method on the whole batch."""
+    return batch_size - batch_size // 4 if method == "keepfit_v1" else batch_size
 
 
 def build_benchmark(out: Path, counts: list[int], seed: int, image_size: int) -> dict[str, Path]:
@@ -108,22 +182,45 @@ def build_benchmark(out: Path, counts: list[int], seed: int, image_size: int) ->
     return sets
 
 
-def train_command(method: str, run_dir: Path, sets: dict[str, Path], args: AblateConfig) -> list[str]:
-    config, extra = METHOD_CONFIGS[method]
+def train_command(run: Run, sets: dict[str, Path], args: AblateConfig) -> list[str]:
+    config, extra = METHOD_CONFIGS[run.method]
     elite = args.batch_size // 4
-    paired = method in ("keepfit_v1", "keepfit_v2")
     data = (["--data.mix", "paired", "--data.batch_size", str(args.batch_size - elite),
-             "--data.elite_batch_size", str(elite)] if paired else
+             "--data.elite_batch_size", str(elite)] if run.method in PAIRED else
             ["--data.mix", "ratio", "--data.batch_size", str(args.batch_size), "--data.elite_fraction", "0.25"])
+    init = ["--model.init_from", str(run.init_from)] if run.init_from else []
     return [sys.executable, "-m", "pretrain", "train", "--config", str(CONFIGS / config), *extra,
-            "--run.dir", str(run_dir), "--run.steps", str(args.steps), "--run.seed", str(args.seed),
-            "--run.log_every", str(max(1, args.steps // 10)), "--run.save_every", "0", "--run.resume", "auto",
-            "--data.public", str(sets["public"]), "--data.elite", str(sets["elite"]), "--data.seed", str(args.seed),
+            "--run.dir", str(run.dir), "--run.steps", str(run.steps), "--run.seed", str(run.seed),
+            "--run.log_every", str(max(1, run.steps // 10)), "--run.save_every", "0", "--run.resume", "auto",
+            "--data.public", str(sets["public"]), "--data.elite", str(sets["elite"]), "--data.seed", str(run.seed),
             "--data.workers", "1", "--data.image_size", str(args.image_size),
-            "--model.vision.image_size", str(args.image_size), *data,
+            "--model.vision.image_size", str(args.image_size), *data, *init,
             "--engine.zero_stage", str(args.zero_stage), "--engine.lr", str(args.lr),
-            "--engine.warmup_steps", str(max(1, args.steps // 10)), "--engine.total_steps", str(args.steps),
+            "--engine.warmup_steps", str(max(1, run.steps // 10)), "--engine.total_steps", str(run.steps),
             *PRESETS[args.preset]]
+
+
+def finished(run: Run) -> bool:
+    """The run's newest checkpoint is the one of its last step (it saves only at the end: run.save_every 0)."""
+    from pretrain.checkpoint import step_tag
+
+    latest = run.dir / "checkpoints" / "latest"
+    return latest.is_file() and latest.read_text(encoding="utf-8").strip() == step_tag(run.steps)
+
+
+def train_metrics(run_dir: Path) -> dict[str, float]:
+    """The run's last log line (means over its last log interval): the loss as final_loss, each loss term as
+    loss/<term>, and the collapse diagnostic (cos_image/<term>, cos_text/<term>) where the trainer logged it."""
+    path = run_dir / "metrics.jsonl"
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] if path.is_file() else []
+    if not lines:
+        return {"final_loss": float("nan")}
+    last = json.loads(lines[-1])  # a resumed run appends: the last line is the newest
+    row = {"final_loss": float(last.get("loss", float("nan")))}
+    for key, value in last.items():
+        if key not in NOT_TERMS and isinstance(value, (int, float)):
+            row[key if "/" in key else f"loss/{key}"] = float(value)
+    return row
 
 
 def summarise(metrics: dict[str, Any]) -> dict[str, float]:
@@ -148,32 +245,132 @@ def summarise(metrics: dict[str, Any]) -> dict[str, float]:
     return row
 
 
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def aggregate(per_seed: dict[str, dict[str, dict[str, float]]]) -> tuple[dict[str, dict[str, float]],
+                                                                         dict[str, dict[str, float]]]:
+    """(mean, sample std with ddof=1) per method and metric over the seeds where that metric is finite: NaN mean
+    when no seed has it, NaN std when fewer than two have it."""
+    mean: dict[str, dict[str, float]] = {}
+    std: dict[str, dict[str, float]] = {}
+    for method, rows in per_seed.items():
+        keys = dict.fromkeys(k for row in rows.values() for k in row)
+        values = {k: np.array([row[k] for row in rows.values() if _finite(row.get(k))], dtype=float) for k in keys}
+        mean[method] = {k: float(v.mean()) if v.size else float("nan") for k, v in values.items()}
+        std[method] = {k: float(v.std(ddof=1)) if v.size > 1 else float("nan") for k, v in values.items()}
+    return mean, std
+
+
+def beyond_spread(mean: dict[str, dict[str, float]], std: dict[str, dict[str, float]]
+                  ) -> dict[str, dict[str, list[str]]]:
+    """Per method but REFERENCE: the COLUMNS metrics whose mean differs from REFERENCE's by more than the larger
+    of the two stds ("exceeds") and those that do not ("within"); a metric missing a mean or a std is in neither."""
+    if REFERENCE not in mean:
+        return {}
+    out = {}
+    for method in mean:
+        if method == REFERENCE:
+            continue
+        verdict: dict[str, list[str]] = {"exceeds": [], "within": []}
+        for key, _ in COLUMNS:
+            cells = [mean[method].get(key), mean[REFERENCE].get(key), std[method].get(key), std[REFERENCE].get(key)]
+            if all(_finite(c) for c in cells):
+                m, ref, s, s_ref = cells
+                verdict["exceeds" if abs(m - ref) > max(s, s_ref) else "within"].append(key)
+        out[method] = verdict
+    return out
+
+
+def make_report(per_seed: dict[str, dict[str, dict[str, float]]], notes: list[str], command: str,
+                args: AblateConfig) -> dict[str, Any]:
+    """ablation.json without the evaluations' details: every run's row (per_seed[method][seed]), mean, std, the
+    comparison with flair, and what the rows started from."""
+    per_seed = {method: rows for method, rows in per_seed.items() if rows}
+    mean, std = aggregate(per_seed)
+    return {"command": command, "seeds": list(args.seeds), "data_seed": DATA_SEED,
+            "flair_init": {"steps": init_steps(args), "methods": init_methods(args)},
+            "mean": mean, "std": std, "vs_flair": beyond_spread(mean, std), "per_seed": per_seed, "notes": notes}
+
+
 def _fmt(v: Any) -> str:
-    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.3f}"
+    return f"{v:.3f}" if _finite(v) else "-"
 
 
-def markdown(rows: dict[str, dict[str, float]], notes: list[str], command: str, args: AblateConfig) -> str:
-    head = ["method", *(title for _, title in COLUMNS), "final loss"]
-    lines = ["# Ablation: every method on the same budget (synthetic benchmark)", "",
-             f"Command: `{command}`", "",
-             f"Budget per method: {args.steps} steps x {args.batch_size} samples (3/4 public, 1/4 elite), "
-             f"lr {args.lr}, seed {args.seed}, ZeRO-{args.zero_stage}, demo CPU model at {args.image_size} px, "
-             f"preset {args.preset}{' (' + ' '.join(PRESETS[args.preset]) + ')' if PRESETS[args.preset] else ''}. "
+def _pm(mean: Any, std: Any) -> str:
+    """mean ± std; "–" for the std of one seed."""
+    return "-" if not _finite(mean) else f"{mean:.3f} ± {f'{std:.3f}' if _finite(std) else '–'}"
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def markdown(report: dict[str, Any], args: AblateConfig) -> str:
+    mean, std, per_seed = report["mean"], report["std"], report["per_seed"]
+    n_init, from_init = report["flair_init"]["steps"], report["flair_init"]["methods"]
+    preset = PRESETS[args.preset]
+    init_text = (f"Rows with init `{INIT}` started from their seed's FLAIR init run ({n_init} steps of flair with "
+                 f"the same batch and lr, runs/seed<k>/{INIT}), so their total budget is {n_init} + {args.steps} = "
+                 f"{n_init + args.steps} steps; the other rows trained {args.steps} steps from their config's "
+                 "initial weights." if from_init else "Every row trained from its config's initial weights.")
+    lines = ["# Ablation: every method on the same budget and seeds (synthetic benchmark)", "",
+             f"Command: `{report['command']}`", "",
+             f"Budget per method and seed: {args.steps} steps x {args.batch_size} samples (3/4 public, 1/4 elite), "
+             f"lr {args.lr}, ZeRO-{args.zero_stage}, demo CPU model at {args.image_size} px, "
+             f"preset {args.preset}{' (' + ' '.join(preset) + ')' if preset else ''}. {init_text} "
+             f"Seeds {', '.join(map(str, report['seeds']))}: each sets model init, data order and augmentation; "
+             f"the benchmark and the linear probe's split are the same for every seed (seed {report['data_seed']}). "
+             "Cells are mean ± sample std over the seeds (– with one seed). "
              "ZS / LP: zero-shot and linear-probe balanced accuracy (ACA) and AUC, averaged over the evaluation "
              "datasets; retrieval on the elite val split; BLEU-4 / ROUGE-L of greedy captions of the elite val "
-             "images (methods with a caption decoder).", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for method, row in rows.items():
-        lines.append("| " + " | ".join([method, *(_fmt(row.get(key)) for key, _ in COLUMNS),
-                                        _fmt(row.get("final_loss"))]) + " |")
-    if rows:
-        chance = next(iter(rows.values()))["chance_aca"]
+             "images (methods with a caption decoder).", ""]
+    head = ["method", "init", "seeds", *(title for _, title in COLUMNS), "final loss"]
+    lines += [_row(head), "|" + "---|" * len(head)]
+    for method in mean:
+        cells = [_pm(mean[method].get(k), std[method].get(k)) for k in [k for k, _ in COLUMNS] + ["final_loss"]]
+        lines.append(_row([method, INIT if method in from_init else "-", str(len(per_seed[method])), *cells]))
+    if mean:
+        chance = next(iter(mean.values())).get("chance_aca")
         lines += ["", f"Chance: ACA {_fmt(chance)} (mean of 1/classes), AUC 0.500."]
-    lines += [""] + [f"- {note}" for note in notes] + ["", "![ablation](ablation.png)", ""]
+    lines += ["", "## Training losses at the end and the collapse diagnostic", "",
+              "Means of each run's last log interval. contrastive: the public data's contrastive term (keepfit_v1: "
+              "on its public samples alone; the others: on the whole batch), about ln B for a collapsed model, B "
+              "its samples per step; cos image / cos text: mean pairwise cosine of that term's image / text "
+              "embeddings (near 1: every sample maps to the same point; - where the run did not log it).", ""]
+    head = ["method", "loss", "contrastive", "ln B", "cos image", "cos text", "other terms"]
+    lines += [_row(head), "|" + "---|" * len(head)]
+    for method in mean:
+        m, s = mean[method], std[method]
+        others = ", ".join(f"{k.removeprefix('loss/')} {_pm(m[k], s[k])}" for k in m
+                           if k.startswith("loss/") and k != "loss/contrastive") or "-"
+        lines.append(_row([method, _pm(m.get("final_loss"), s.get("final_loss")),
+                           _pm(m.get("loss/contrastive"), s.get("loss/contrastive")),
+                           f"{math.log(contrastive_batch(method, args.batch_size)):.3f}",
+                           _pm(m.get("cos_image/contrastive"), s.get("cos_image/contrastive")),
+                           _pm(m.get("cos_text/contrastive"), s.get("cos_text/contrastive")), others]))
+    lines += ["", f"## Differences to {REFERENCE} beyond the seed spread", ""]
+    titles = dict(COLUMNS)
+    if len(report["seeds"]) < 2:
+        lines.append("One seed: no spread to compare against.")
+    elif not report["vs_flair"]:
+        lines.append(f"No {REFERENCE} row to compare against.")
+    else:
+        lines.append(f"A difference counts when |mean - mean of {REFERENCE}| exceeds the larger of the two stds: "
+                     "a coarse screen over a few seeds, not a significance test.")
+        lines.append("")
+        ref = mean[REFERENCE]
+        for method, verdict in report["vs_flair"].items():
+            exceeds = ", ".join(f"{titles[k]} {mean[method][k] - ref[k]:+.3f} ({_pm(mean[method][k], std[method][k])}"
+                                f" vs {_pm(ref[k], std[REFERENCE][k])})" for k in verdict["exceeds"]) or "none"
+            within = ", ".join(titles[k] for k in verdict["within"]) or "none"
+            lines.append(f"- {method}: beyond the spread: {exceeds}; within it: {within}.")
+    lines += [""] + [f"- {note}" for note in report["notes"]] + ["", "![ablation](ablation.png)", ""]
     return "\n".join(lines)
 
 
-def plot(rows: dict[str, dict[str, float]], path: Path) -> None:
+def plot(mean: dict[str, dict[str, float]], std: dict[str, dict[str, float]], path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -181,27 +378,46 @@ def plot(rows: dict[str, dict[str, float]], path: Path) -> None:
     fig = Figure(figsize=(8, 4))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    width = 0.8 / max(1, len(rows))
-    for i, (method, row) in enumerate(rows.items()):
-        values = [row.get(k, float("nan")) for k, _ in keys]
-        ax.bar(np.arange(len(keys)) + i * width, np.nan_to_num(values), width, label=method)
-    if rows:
-        chance = next(iter(rows.values()))["chance_aca"]
+    width = 0.8 / max(1, len(mean))
+    for i, method in enumerate(mean):
+        values = [mean[method].get(k, float("nan")) for k, _ in keys]
+        errors = [std[method].get(k, float("nan")) for k, _ in keys]
+        ax.bar(np.arange(len(keys)) + i * width, np.nan_to_num(values), width, label=method,
+               yerr=np.nan_to_num(errors), capsize=3, error_kw={"linewidth": 1})
+    if mean:
+        chance = next(iter(mean.values())).get("chance_aca", float("nan"))
         ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label="chance ACA")
-    ax.set_xticks(np.arange(len(keys)) + width * (len(rows) - 1) / 2, [t for _, t in keys])
+    ax.set_xticks(np.arange(len(keys)) + width * (len(mean) - 1) / 2, [t for _, t in keys])
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
-    ax.set_title("same-budget comparison on the synthetic benchmark")
+    ax.set_title("same-budget comparison on the synthetic benchmark (mean ± std over seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
 
+def _train(run: Run, sets: dict[str, Path], args: AblateConfig, env: dict[str, str], out: Path,
+           notes: list[str]) -> bool:
+    """Train `run` in its own process; False, with a note, when it fails."""
+    cmd = train_command(run, sets, args)
+    print(f"== {run.label}: {shlex.join(cmd[1:])}", flush=True)
+    run.dir.parent.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    log = run.dir.with_name(f"{run.name}.log")
+    log.write_text(done.stdout + done.stderr, encoding="utf-8")
+    if done.returncode != 0:
+        notes.append(f"{run.label}: training failed (exit {done.returncode}); see {log.relative_to(out)}")
+        print(done.stdout[-2000:] + done.stderr[-4000:], file=sys.stderr)
+    return done.returncode == 0
+
+
 def run_ablation(args: AblateConfig, argv: list[str]) -> int:
-    """Train and evaluate every method of `args`; `argv` is recorded as the command in ablation.md."""
+    """Train and evaluate every run of plan(args); `argv` is recorded as the command in ablation.md."""
     if len(args.synth) != 3:
         print(f"{PROG}: error: --synth takes three counts: PUBLIC ELITE EVAL", file=sys.stderr)
         return 2
     from pretrain.evaluate import EvalConfig, evaluate, load_run_model
+    from pretrain.eval_inputs import finite_or_none
+    from pretrain.hf.export import ExportError, export_hf
     from pretrain.objectives import OBJECTIVES
 
     out = Path(args.out)
@@ -212,43 +428,52 @@ def run_ablation(args: AblateConfig, argv: list[str]) -> int:
         print(f"{PROG}: error: give all of --public, --elite and --eval, or none (to synthesise)", file=sys.stderr)
         return 2
     else:
-        sets = build_benchmark(out, args.synth, args.seed, args.image_size)
+        sets = build_benchmark(out, args.synth, DATA_SEED, args.image_size)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    rows: dict[str, dict[str, float]] = {}
-    details: dict[str, Any] = {}
-    notes: list[str] = []
-    for method in args.methods:
-        if method not in OBJECTIVES:
-            notes.append(f"{method}: skipped, its objective is not registered in pretrain.objectives")
+    notes = [f"{m}: skipped, its objective is not registered in pretrain.objectives"
+             for m in args.methods if m not in OBJECTIVES]
+    per_seed: dict[str, dict[str, dict[str, float]]] = {m: {} for m in args.methods}
+    details: dict[str, dict[str, Any]] = {m: {} for m in args.methods}
+    no_init: set[int] = set()  # seeds whose FLAIR init run failed
+    for run in plan(args, out):
+        if run.method not in OBJECTIVES:
             continue
-        run_dir = out / "runs" / method
-        cmd = train_command(method, run_dir, sets, args)
-        print(f"== {method}: {shlex.join(cmd[1:])}", flush=True)
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        (out / "runs").mkdir(exist_ok=True)
-        (out / "runs" / f"{method}.log").write_text(done.stdout + done.stderr, encoding="utf-8")
-        if done.returncode != 0:
-            notes.append(f"{method}: training failed (exit {done.returncode}); see runs/{method}.log")
-            print(done.stdout[-2000:] + done.stderr[-4000:], file=sys.stderr)
+        if run.init_from is not None and run.seed in no_init:
+            notes.append(f"{run.label}: skipped, its FLAIR init run failed")
             continue
-        model, tokenizer, _ = load_run_model(run_dir)
+        was_done = finished(run)
+        if was_done:
+            print(f"== {run.label}: already at step {run.steps}, evaluated again, not retrained", flush=True)
+        elif not _train(run, sets, args, env, out, notes):
+            if run.name == INIT:
+                no_init.add(run.seed)
+            continue
+        if run.name == INIT:
+            export = export_dir(run.dir)
+            try:  # a fresh export whenever the init run trained now, so no method starts from stale weights
+                if not was_done or not (export / "model.safetensors").is_file():
+                    export_hf(run.dir, export, overwrite=True)
+            except (ExportError, ValueError) as err:
+                notes.append(f"{run.label}: export failed ({str(err).splitlines()[0]})")
+                no_init.add(run.seed)
+            continue
         try:
+            model, tokenizer, _ = load_run_model(run.dir)
             metrics = evaluate(model, tokenizer, EvalConfig(eval_shards=str(sets["eval"]), split="test",
                                                             retrieval_shards=str(sets["elite"]), retrieval_split="val",
-                                                            k_shots=list(args.k_shots), seed=args.seed))
+                                                            k_shots=list(args.k_shots), seed=DATA_SEED))
         except ValueError as err:  # e.g. NaN embeddings from weights an older version let turn non-finite
-            notes.append(f"{method}: evaluation failed ({str(err).splitlines()[0]}); see runs/{method}.log")
+            notes.append(f"{run.label}: evaluation failed ({str(err).splitlines()[0]}); see runs/{run.label}.log")
             continue
-        losses = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        rows[method] = {**summarise(metrics), "final_loss": float(losses[-1]["loss"]) if losses else float("nan")}
-        details[method] = metrics
-        print(f"   {method}: " + ", ".join(f"{t} {_fmt(rows[method][k])}" for k, t in COLUMNS), flush=True)
-    command = shlex.join(["retina-pretrain", "ablate", *argv])
-    from pretrain.eval_inputs import finite_or_none
-
-    (out / "ablation.json").write_text(json.dumps(finite_or_none(
-        {"command": command, "summary": rows, "metrics": details, "notes": notes}), indent=1) + "\n", encoding="utf-8")
-    (out / "ablation.md").write_text(markdown(rows, notes, command, args), encoding="utf-8")
-    plot(rows, out / "ablation.png")
+        row = {**summarise(metrics), **train_metrics(run.dir)}
+        per_seed[run.method][str(run.seed)] = row
+        details[run.method][str(run.seed)] = metrics
+        print(f"   {run.label}: " + ", ".join(f"{t} {_fmt(row[k])}" for k, t in COLUMNS), flush=True)
+    report = make_report(per_seed, notes, shlex.join(["retina-pretrain", "ablate", *argv]), args)
+    details = {method: runs for method, runs in details.items() if runs}
+    (out / "ablation.json").write_text(json.dumps(finite_or_none({**report, "metrics": details}), indent=1) + "\n",
+                                       encoding="utf-8")
+    (out / "ablation.md").write_text(markdown(report, args), encoding="utf-8")
+    plot(report["mean"], report["std"], out / "ablation.png")
     print(f"table: {out / 'ablation.md'}")
-    return 0 if rows and not any("failed" in n for n in notes) else 1
+    return 0 if report["mean"] and not any("failed" in n for n in notes) else 1

@@ -32,7 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "text-pretrain": ("pretrain.commands.text_pretrain",
                       "KeepFIT V2 stage 1: masked-language pretraining of the text tower"),
     "ablate": ("pretrain.commands.ablate",
-               "train and evaluate every method on the same budget; comparison table + plot"),
+               "train and evaluate every method on the same budget and seeds; mean ± std table + plot"),
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 PROG = "retina-pretrain ablate"
+ALIASES = {"--eval": "eval_shards", "--seed": "seeds"}  # --seed K: one seed, as before --seeds
 
 
 def cli_main(argv: list[str]) -> int:
@@ -12,7 +13,7 @@ def cli_main(argv: list[str]) -> int:
     from shards.commandline import Command, command_parser, parse_command
     from shards.output_paths import OutputPathError, check_output_dir
 
-    command = Command(ablate.AblateConfig, aliases={"--eval": "eval_shards"})
+    command = Command(ablate.AblateConfig, aliases=ALIASES)
     _, cfg = parse_command(command_parser(command, prog=PROG, description=ablate.__doc__), argv)
     try:
         check_values(cfg)
@@ -34,3 +35,7 @@ def check_values(cfg) -> None:
         raise ValueError(f"--zero_stage must be 0, 1, 2 or 3, got {cfg.zero_stage}")
     if any(k < 1 for k in cfg.k_shots) or any(n < 1 for n in cfg.synth):
         raise ValueError("every --k_shots and --synth count must be >= 1")
+    if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
+        raise ValueError(f"--seeds needs at least one seed and no repeats, got {cfg.seeds}")
+    if cfg.flair_init_steps is not None and cfg.flair_init_steps < 0:
+        raise ValueError(f"--flair_init_steps must be >= 0 (0: no FLAIR init run), got {cfg.flair_init_steps}")

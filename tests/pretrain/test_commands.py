@@ -137,10 +137,18 @@ def test_import_hf_needs_exactly_one_output(capsys):
 def test_ablate_flags():
     from pretrain.ablate import AblateConfig
 
-    args = _parse(ablate_cli, Command(AblateConfig, aliases={"--eval": "eval_shards"}),
+    command = Command(AblateConfig, aliases=ablate_cli.ALIASES)
+    args = _parse(ablate_cli, command,
                   ["--out", "o", "--methods", "clip", "keepfit_v1", "--steps", "2", "--batch-size", "8", "--synth",
-                   "24", "16", "30", "--eval", "e", "--zero-stage", "2"])
+                   "24", "16", "30", "--eval", "e", "--zero-stage", "2", "--seeds", "0", "1", "2", "--from-flair",
+                   "keepfit_v1", "--flair-init-steps", "3"])
     assert args == AblateConfig(out="o", methods=["clip", "keepfit_v1"], steps=2, batch_size=8, synth=[24, 16, 30],
-                                eval_shards="e", zero_stage=2)
+                                eval_shards="e", zero_stage=2, seeds=[0, 1, 2], from_flair=["keepfit_v1"],
+                                flair_init_steps=3)
+    assert _parse(ablate_cli, command, ["--out", "o", "--seed", "3"]).seeds == [3]  # the single-seed spelling
+    assert _parse(ablate_cli, command, ["--out", "o", "--from-flair"]).from_flair == []  # no method from the init
+    for bad in (["--seeds", "1", "1"], ["--flair-init-steps", "-1"]):
+        with pytest.raises(ValueError):
+            ablate_cli.check_values(_parse(ablate_cli, command, ["--out", "o", *bad]))
     with pytest.raises(SystemExit):
         _parse(ablate_cli, Command(AblateConfig), ["--out", "o", "--methods", "clipp"])
