@@ -5,9 +5,10 @@
     retina-pretrain ablate --out runs/ablation --public P --elite E --eval V --methods clip vilref
 
 The budget is shared: the demo CPU model (pretrain/configs/demo_cpu.yaml), the same steps, learning-rate
-schedule, seeds and samples per step. A method with paired data (KeepFIT) splits the `--batch-size` samples
-into 3/4 public + 1/4 elite; the others draw elite samples with probability 1/4 (data.mix: ratio), so every
-method sees the same number and mix of images. Each run trains in its own `python -m pretrain train` process,
+schedule, seeds and samples per step. keepfit_v2 splits the `--batch-size` samples into 3/4 public + 1/4 elite
+(data.mix: paired) and the single-stream methods draw elite samples with probability 1/4 (data.mix: ratio), so
+they see the same number and mix of images; keepfit_v1 runs as released, 1/2 public + 1/2 elite per step (the
+same number of images, more of them elite; keepfit_v1_cpu.yaml has the release's other settings). Each run trains in its own `python -m pretrain train` process,
 then `pretrain.evaluate.evaluate` scores it on the evaluation shards (zero-shot and linear probe, averaged over
 the evaluation datasets) and on the elite set's val split (retrieval). A method whose objective is not
 registered (pretrain.objectives.OBJECTIVES) is skipped with a note.
@@ -18,8 +19,8 @@ the linear probe's split uses DATA_SEED for every run too: the spread over seeds
 and tables made with other --seeds compare on the same data.
 
 FLAIR init: per seed, one `flair` run of `--flair_init_steps` steps (default half of --steps; 0: none) in
-OUT/runs/seed<k>/flair_init, exported next to it (flair_init_export); every method of `--from_flair` (default
-flair and keepfit_v1) starts from that export (`--model.init_from`) and then trains its --steps, so flair and
+OUT/runs/seed<k>/flair_init; every method of `--from_flair` (default flair and keepfit_v1) starts from its
+final checkpoint (`--model.init_from RUN_DIR`; training-only modules start fresh) and then trains its --steps, so flair and
 keepfit_v1 compare the same starting weights and the same total budget (init + steps); the other methods start
 from their config's weights with --steps.
 
@@ -119,7 +120,7 @@ class Run:
     method: str
     dir: Path
     steps: int
-    init_from: Path | None = None  # the export of this seed's FLAIR init run
+    init_from: Path | None = None  # this seed's FLAIR init run folder
 
     @property
     def label(self) -> str:
@@ -135,10 +136,6 @@ def init_methods(args: AblateConfig) -> list[str]:
     return [m for m in args.methods if m in args.from_flair] if init_steps(args) > 0 else []
 
 
-def export_dir(init_run: Path) -> Path:
-    return init_run.with_name(f"{INIT}_export")  # beside the run: export-hf never writes into a run folder
-
-
 def plan(args: AblateConfig, out: Path) -> list[Run]:
     """Every training, in order: per seed, the FLAIR init run (when a method starts from it), then each method."""
     runs = []
@@ -148,15 +145,21 @@ def plan(args: AblateConfig, out: Path) -> list[Run]:
         if starts_from_init:
             runs.append(Run(seed, INIT, "flair", folder / INIT, init_steps(args)))
         for method in args.methods:
-            init = export_dir(folder / INIT) if method in starts_from_init else None
+            init = folder / INIT if method in starts_from_init else None
             runs.append(Run(seed, method, method, folder / method, args.steps, init))
     return runs
 
 
+def paired_split(method: str, batch_size: int) -> tuple[int, int]:
+    """(public, elite) samples per step of a paired method: keepfit_v1 1:1 as released, keepfit_v2 3:1."""
+    elite = batch_size // 2 if method == "keepfit_v1" else batch_size // 4
+    return batch_size - elite, elite
+
+
 def contrastive_batch(method: str, batch_size: int) -> int:
-    """Samples per step of the `contrastive` term: keepfit_v1 computes it on its public 3/4 alone (the elite 1/4
-    has its own term); every other method on the whole batch."""
-    return batch_size - batch_size // 4 if method == "keepfit_v1" else batch_size
+    """Samples per step of the `contrastive` term: keepfit_v1 computes it on its public half alone (the elite
+    half has its own term); every other method on the whole batch."""
+    return paired_split(method, batch_size)[0] if method == "keepfit_v1" else batch_size
 
 
 def build_benchmark(out: Path, counts: list[int], seed: int, image_size: int) -> dict[str, Path]:
@@ -184,8 +187,8 @@ def build_benchmark(out: Path, counts: list[int], seed: int, image_size: int) ->
 
 def train_command(run: Run, sets: dict[str, Path], args: AblateConfig) -> list[str]:
     config, extra = METHOD_CONFIGS[run.method]
-    elite = args.batch_size // 4
-    data = (["--data.mix", "paired", "--data.batch_size", str(args.batch_size - elite),
+    public, elite = paired_split(run.method, args.batch_size)
+    data = (["--data.mix", "paired", "--data.batch_size", str(public),
              "--data.elite_batch_size", str(elite)] if run.method in PAIRED else
             ["--data.mix", "ratio", "--data.batch_size", str(args.batch_size), "--data.elite_fraction", "0.25"])
     init = ["--model.init_from", str(run.init_from)] if run.init_from else []
@@ -417,7 +420,6 @@ def run_ablation(args: AblateConfig, argv: list[str]) -> int:
         return 2
     from pretrain.evaluate import EvalConfig, evaluate, load_run_model
     from pretrain.eval_inputs import finite_or_none
-    from pretrain.hf.export import ExportError, export_hf
     from pretrain.objectives import OBJECTIVES
 
     out = Path(args.out)
@@ -448,14 +450,7 @@ def run_ablation(args: AblateConfig, argv: list[str]) -> int:
             if run.name == INIT:
                 no_init.add(run.seed)
             continue
-        if run.name == INIT:
-            export = export_dir(run.dir)
-            try:  # a fresh export whenever the init run trained now, so no method starts from stale weights
-                if not was_done or not (export / "model.safetensors").is_file():
-                    export_hf(run.dir, export, overwrite=True)
-            except (ExportError, ValueError) as err:
-                notes.append(f"{run.label}: export failed ({str(err).splitlines()[0]})")
-                no_init.add(run.seed)
+        if run.name == INIT:  # the methods that start from it read its final checkpoint (model.init_from)
             continue
         try:
             model, tokenizer, _ = load_run_model(run.dir)

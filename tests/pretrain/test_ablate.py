@@ -40,8 +40,8 @@ def test_plan_and_commands(tmp_path):
     assert [r.label for r in runs] == [f"seed{s}/{n}" for s in (0, 2) for n in (INIT, "clip", "flair", "keepfit_v1")]
     for run in runs:
         assert run.dir == tmp_path / "runs" / f"seed{run.seed}" / run.name
-        export = tmp_path / "runs" / f"seed{run.seed}" / f"{INIT}_export"
-        assert run.init_from == (export if run.name in ("flair", "keepfit_v1") else None)
+        init_run = tmp_path / "runs" / f"seed{run.seed}" / INIT
+        assert run.init_from == (init_run if run.name in ("flair", "keepfit_v1") else None)
         assert run.steps == (5 if run.name == INIT else 10)  # the init run: half of --steps by default
         cmd = train_command(run, {"public": Path("p"), "elite": Path("e")}, args)
         flags = {cmd[i]: cmd[i + 1] for i in range(len(cmd) - 1)}  # each flag -> the token after it
@@ -113,8 +113,8 @@ def test_markdown():
     assert "| flair | flair_init | 3 | 0.520 ± 0.020 | 0.650 ± 0.071 | - |" in text
     assert "| clip | - | 1 | 0.450 ± – | 0.650 ± – |" in text
     assert "Chance: ACA 0.250" in text
-    # losses: public term, ln of its samples per step (24 public of 32 for keepfit_v1), collapse diagnostic
-    assert (f"| keepfit_v1 | 4.100 ± 0.141 | 3.100 ± 0.141 | {math.log(24):.3f} | 0.400 ± 0.141 | - | "
+    # losses: public term, ln of its samples per step (16 public of 32 for keepfit_v1), collapse diagnostic
+    assert (f"| keepfit_v1 | 4.100 ± 0.141 | 3.100 ± 0.141 | {math.log(16):.3f} | 0.400 ± 0.141 | - | "
             "revision 0.020 ± 0.014 |") in text
     assert f"| clip | 2.000 ± – | - | {math.log(32):.3f} | - | - | - |" in text
     assert "- keepfit_v1: beyond the spread: ZS ACA -0.110 (0.410 ± 0.014 vs 0.520 ± 0.020); within it: ZS AUC." \
@@ -142,7 +142,7 @@ def test_ablate_two_seeds_end_to_end(tmp_path):
     assert "retina-pretrain ablate --out" in table and "preset flair" in table
     runs = out / "runs"
     for seed in ("0", "1"):
-        assert (runs / f"seed{seed}" / f"{INIT}_export" / "model.safetensors").is_file()
+        assert (runs / f"seed{seed}" / INIT / "checkpoints" / "latest").is_file()
         assert "method: flair" in (runs / f"seed{seed}" / INIT / "config.yaml").read_text()
     for method in ("clip", "keepfit_v1"):
         assert set(per_seed[method]) == set(metrics[method]) == {"0", "1"}
@@ -159,7 +159,7 @@ def test_ablate_two_seeds_end_to_end(tmp_path):
             saved = (run / "config.yaml").read_text()
             assert f"method: {method}" in saved and f"seed: {seed}" in saved and "style: flair" in saved
             # keepfit_v1 starts from its seed's FLAIR init, clip from scratch
-            assert (f"init_from: {runs / f'seed{seed}' / f'{INIT}_export'}" in saved) == (method == "keepfit_v1")
+            assert (f"init_from: {runs / f'seed{seed}' / INIT}\n" in saved) == (method == "keepfit_v1")
         for key in ("zs_aca", "final_loss"):
             values = [per_seed[method][s][key] for s in ("0", "1")]
             assert report["mean"][method][key] == pytest.approx(np.mean(values))
