@@ -96,7 +96,8 @@ def run_cpu(args: argparse.Namespace) -> dict:
     from pretrain.config import load_config
     from pretrain.data import make_loader
     from pretrain.engine import build_engine, init_distributed_env, train_step
-    from pretrain.model import build_model, param_groups, resolve_model_paths
+    from pretrain.engine import param_groups
+    from pretrain.model import build_model, resolve_model_paths
     from pretrain.objectives import build_objective, weighted_total
     from pretrain.schedule import warmup_cosine
     from pretrain.train import TrainConfig
@@ -165,7 +166,7 @@ def _gpu_model(attention: str | None) -> torch.nn.Module:
 
 def run_gpu(args: argparse.Namespace) -> dict:
     from kernels import contrastive_loss
-    from pretrain.model import param_groups
+    from pretrain.engine import param_groups
 
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)

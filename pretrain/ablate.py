@@ -44,6 +44,9 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
+from pretrain.ablate_report import (COLUMNS, aggregate, beyond_spread, fmt, loss_table, plot, results_table,
+                                    spread_section)
+
 PROG = "retina-pretrain ablate"
 Method = Literal["clip", "flair", "keepfit_v1", "keepfit_v2", "vilref"]
 METHODS: tuple[str, ...] = get_args(Method)
@@ -64,14 +67,10 @@ PRESETS: dict[str, list[str]] = {
     "flair": ["--data.style", "flair", "--data.balance_datasets", "true", "--model.vision.pixel_scaling", "unit",
               "--model.text.pooling", "flair", "--model.min_logit_scale", "1.0"],
 }
-COLUMNS = (("zs_aca", "ZS ACA"), ("zs_auc", "ZS AUC"), ("lp_aca", "LP ACA"), ("lp_auc", "LP AUC"),
-           ("i2t_R@1", "i2t R@1"), ("i2t_R@5", "i2t R@5"), ("t2i_R@1", "t2i R@1"), ("t2i_R@5", "t2i R@5"),
-           ("bleu4", "BLEU-4"), ("rouge_l", "ROUGE-L"))
 INIT = "flair_init"  # the run every --from_flair method of a seed starts from
 DATA_SEED = 0  # the benchmark's synthesis and the linear probe's split, the same for every seed
 # metrics.jsonl keys that are not loss terms (keys with a "/" are the collapse diagnostic, kept as they are)
 NOT_TERMS = frozenset({"step", "loss", "lr", "logit_scale", "samples_per_s", "mem_mib", "data_lost"})
-REFERENCE = "flair"  # the row the other methods are compared with
 
 
 @dataclass
@@ -248,44 +247,6 @@ def summarise(metrics: dict[str, Any]) -> dict[str, float]:
     return row
 
 
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and math.isfinite(v)
-
-
-def aggregate(per_seed: dict[str, dict[str, dict[str, float]]]) -> tuple[dict[str, dict[str, float]],
-                                                                         dict[str, dict[str, float]]]:
-    """(mean, sample std with ddof=1) per method and metric over the seeds where that metric is finite: NaN mean
-    when no seed has it, NaN std when fewer than two have it."""
-    mean: dict[str, dict[str, float]] = {}
-    std: dict[str, dict[str, float]] = {}
-    for method, rows in per_seed.items():
-        keys = dict.fromkeys(k for row in rows.values() for k in row)
-        values = {k: np.array([row[k] for row in rows.values() if _finite(row.get(k))], dtype=float) for k in keys}
-        mean[method] = {k: float(v.mean()) if v.size else float("nan") for k, v in values.items()}
-        std[method] = {k: float(v.std(ddof=1)) if v.size > 1 else float("nan") for k, v in values.items()}
-    return mean, std
-
-
-def beyond_spread(mean: dict[str, dict[str, float]], std: dict[str, dict[str, float]]
-                  ) -> dict[str, dict[str, list[str]]]:
-    """Per method but REFERENCE: the COLUMNS metrics whose mean differs from REFERENCE's by more than the larger
-    of the two stds ("exceeds") and those that do not ("within"); a metric missing a mean or a std is in neither."""
-    if REFERENCE not in mean:
-        return {}
-    out = {}
-    for method in mean:
-        if method == REFERENCE:
-            continue
-        verdict: dict[str, list[str]] = {"exceeds": [], "within": []}
-        for key, _ in COLUMNS:
-            cells = [mean[method].get(key), mean[REFERENCE].get(key), std[method].get(key), std[REFERENCE].get(key)]
-            if all(_finite(c) for c in cells):
-                m, ref, s, s_ref = cells
-                verdict["exceeds" if abs(m - ref) > max(s, s_ref) else "within"].append(key)
-        out[method] = verdict
-    return out
-
-
 def make_report(per_seed: dict[str, dict[str, dict[str, float]]], notes: list[str], command: str,
                 args: AblateConfig) -> dict[str, Any]:
     """ablation.json without the evaluations' details: every run's row (per_seed[method][seed]), mean, std, the
@@ -297,20 +258,8 @@ def make_report(per_seed: dict[str, dict[str, dict[str, float]]], notes: list[st
             "mean": mean, "std": std, "vs_flair": beyond_spread(mean, std), "per_seed": per_seed, "notes": notes}
 
 
-def _fmt(v: Any) -> str:
-    return f"{v:.3f}" if _finite(v) else "-"
-
-
-def _pm(mean: Any, std: Any) -> str:
-    """mean ± std; "–" for the std of one seed."""
-    return "-" if not _finite(mean) else f"{mean:.3f} ± {f'{std:.3f}' if _finite(std) else '–'}"
-
-
-def _row(cells: list[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
-
-
 def markdown(report: dict[str, Any], args: AblateConfig) -> str:
+    """ablation.md: the budget, the mean ± std table, the losses with the collapse diagnostic, the comparison."""
     mean, std, per_seed = report["mean"], report["std"], report["per_seed"]
     n_init, from_init = report["flair_init"]["steps"], report["flair_init"]["methods"]
     preset = PRESETS[args.preset]
@@ -320,82 +269,22 @@ def markdown(report: dict[str, Any], args: AblateConfig) -> str:
                  "initial weights." if from_init else "Every row trained from its config's initial weights.")
     lines = ["# Ablation: every method on the same budget and seeds (synthetic benchmark)", "",
              f"Command: `{report['command']}`", "",
-             f"Budget per method and seed: {args.steps} steps x {args.batch_size} samples (3/4 public, 1/4 elite), "
-             f"lr {args.lr}, ZeRO-{args.zero_stage}, demo CPU model at {args.image_size} px, "
-             f"preset {args.preset}{' (' + ' '.join(preset) + ')' if preset else ''}. {init_text} "
-             f"Seeds {', '.join(map(str, report['seeds']))}: each sets model init, data order and augmentation; "
-             f"the benchmark and the linear probe's split are the same for every seed (seed {report['data_seed']}). "
-             "Cells are mean ± sample std over the seeds (– with one seed). "
+             f"Budget per method and seed: {args.steps} steps x {args.batch_size} samples (keepfit_v1 1/2 public + "
+             "1/2 elite in two batches, as released; keepfit_v2 3/4 + 1/4 in two batches; the others one stream, "
+             f"elite with probability 1/4), lr {args.lr}, ZeRO-{args.zero_stage}, demo CPU model at "
+             f"{args.image_size} px, preset {args.preset}{' (' + ' '.join(preset) + ')' if preset else ''}. "
+             f"{init_text} Seeds {', '.join(map(str, report['seeds']))}: each sets model init, data order and "
+             "augmentation; the benchmark and the linear probe's split are the same for every seed (seed "
+             f"{report['data_seed']}). Cells are mean ± sample std over the seeds (– with one seed). "
              "ZS / LP: zero-shot and linear-probe balanced accuracy (ACA) and AUC, averaged over the evaluation "
              "datasets; retrieval on the elite val split; BLEU-4 / ROUGE-L of greedy captions of the elite val "
              "images (methods with a caption decoder).", ""]
-    head = ["method", "init", "seeds", *(title for _, title in COLUMNS), "final loss"]
-    lines += [_row(head), "|" + "---|" * len(head)]
-    for method in mean:
-        cells = [_pm(mean[method].get(k), std[method].get(k)) for k in [k for k, _ in COLUMNS] + ["final_loss"]]
-        lines.append(_row([method, INIT if method in from_init else "-", str(len(per_seed[method])), *cells]))
-    if mean:
-        chance = next(iter(mean.values())).get("chance_aca")
-        lines += ["", f"Chance: ACA {_fmt(chance)} (mean of 1/classes), AUC 0.500."]
-    lines += ["", "## Training losses at the end and the collapse diagnostic", "",
-              "Means of each run's last log interval. contrastive: the public data's contrastive term (keepfit_v1: "
-              "on its public samples alone; the others: on the whole batch), about ln B for a collapsed model, B "
-              "its samples per step; cos image / cos text: mean pairwise cosine of that term's image / text "
-              "embeddings (near 1: every sample maps to the same point; - where the run did not log it).", ""]
-    head = ["method", "loss", "contrastive", "ln B", "cos image", "cos text", "other terms"]
-    lines += [_row(head), "|" + "---|" * len(head)]
-    for method in mean:
-        m, s = mean[method], std[method]
-        others = ", ".join(f"{k.removeprefix('loss/')} {_pm(m[k], s[k])}" for k in m
-                           if k.startswith("loss/") and k != "loss/contrastive") or "-"
-        lines.append(_row([method, _pm(m.get("final_loss"), s.get("final_loss")),
-                           _pm(m.get("loss/contrastive"), s.get("loss/contrastive")),
-                           f"{math.log(contrastive_batch(method, args.batch_size)):.3f}",
-                           _pm(m.get("cos_image/contrastive"), s.get("cos_image/contrastive")),
-                           _pm(m.get("cos_text/contrastive"), s.get("cos_text/contrastive")), others]))
-    lines += ["", f"## Differences to {REFERENCE} beyond the seed spread", ""]
-    titles = dict(COLUMNS)
-    if len(report["seeds"]) < 2:
-        lines.append("One seed: no spread to compare against.")
-    elif not report["vs_flair"]:
-        lines.append(f"No {REFERENCE} row to compare against.")
-    else:
-        lines.append(f"A difference counts when |mean - mean of {REFERENCE}| exceeds the larger of the two stds: "
-                     "a coarse screen over a few seeds, not a significance test.")
-        lines.append("")
-        ref = mean[REFERENCE]
-        for method, verdict in report["vs_flair"].items():
-            exceeds = ", ".join(f"{titles[k]} {mean[method][k] - ref[k]:+.3f} ({_pm(mean[method][k], std[method][k])}"
-                                f" vs {_pm(ref[k], std[REFERENCE][k])})" for k in verdict["exceeds"]) or "none"
-            within = ", ".join(titles[k] for k in verdict["within"]) or "none"
-            lines.append(f"- {method}: beyond the spread: {exceeds}; within it: {within}.")
+    lines += results_table(mean, std, {m: len(rows) for m, rows in per_seed.items()},
+                           {m: INIT for m in from_init})
+    ln_batch = {method: math.log(contrastive_batch(method, args.batch_size)) for method in mean}
+    lines += loss_table(mean, std, ln_batch) + spread_section(report)
     lines += [""] + [f"- {note}" for note in report["notes"]] + ["", "![ablation](ablation.png)", ""]
     return "\n".join(lines)
-
-
-def plot(mean: dict[str, dict[str, float]], std: dict[str, dict[str, float]], path: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    keys = [("zs_aca", "ZS ACA"), ("zs_auc", "ZS AUC"), ("lp_aca", "LP ACA"), ("i2t_R@5", "i2t R@5")]
-    fig = Figure(figsize=(8, 4))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    width = 0.8 / max(1, len(mean))
-    for i, method in enumerate(mean):
-        values = [mean[method].get(k, float("nan")) for k, _ in keys]
-        errors = [std[method].get(k, float("nan")) for k, _ in keys]
-        ax.bar(np.arange(len(keys)) + i * width, np.nan_to_num(values), width, label=method,
-               yerr=np.nan_to_num(errors), capsize=3, error_kw={"linewidth": 1})
-    if mean:
-        chance = next(iter(mean.values())).get("chance_aca", float("nan"))
-        ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label="chance ACA")
-    ax.set_xticks(np.arange(len(keys)) + width * (len(mean) - 1) / 2, [t for _, t in keys])
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=8)
-    ax.set_title("same-budget comparison on the synthetic benchmark (mean ± std over seeds)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
 
 
 def _train(run: Run, sets: dict[str, Path], args: AblateConfig, env: dict[str, str], out: Path,
@@ -463,7 +352,7 @@ def run_ablation(args: AblateConfig, argv: list[str]) -> int:
         row = {**summarise(metrics), **train_metrics(run.dir)}
         per_seed[run.method][str(run.seed)] = row
         details[run.method][str(run.seed)] = metrics
-        print(f"   {run.label}: " + ", ".join(f"{t} {_fmt(row[k])}" for k, t in COLUMNS), flush=True)
+        print(f"   {run.label}: " + ", ".join(f"{t} {fmt(row[k])}" for k, t in COLUMNS), flush=True)
     report = make_report(per_seed, notes, shlex.join(["retina-pretrain", "ablate", *argv]), args)
     details = {method: runs for method, runs in details.items() if runs}
     (out / "ablation.json").write_text(json.dumps(finite_or_none({**report, "metrics": details}), indent=1) + "\n",

@@ -23,7 +23,6 @@ from typing import Any, Callable, Literal
 import torch
 from torch import nn
 
-from pretrain.model import param_groups
 from pretrain.schedule import warmup_cosine
 
 __all__ = [
@@ -83,6 +82,20 @@ class NonFiniteLoss(RuntimeError):
         super().__init__(f"non-finite loss at optimizer step {step} on at least one rank (local terms: {shown}); "
                          "step skipped on every rank, weights unchanged")
 
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two AdamW groups: decay on weight matrices/kernels; none on biases, norms (any 0/1-d parameter),
+    logit_scale and what timm lists in no_weight_decay() (position embeddings, class token)."""
+    skip: set[str] = {"logit_scale"}
+    for prefix, module in model.named_modules():
+        if hasattr(module, "no_weight_decay") and callable(module.no_weight_decay):
+            skip |= {f"{prefix}.{n}" if prefix else n for n in module.no_weight_decay()}
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 or name in skip else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 def free_port() -> int:
     """A TCP port that is free right now (for MASTER_PORT of a local run)."""

@@ -55,7 +55,7 @@ def run_weights(path: str | Path) -> dict[str, Any]:
     """The model tensors of a run's checkpoint (fp32, consolidated over ZeRO ranks), without `auxiliary.*`."""
     from pretrain.checkpoint import CheckpointError
     from pretrain.consolidate import load_model_state_dict
-    from pretrain.model import without_auxiliary
+    from pretrain.state_dicts import without_auxiliary
 
     tag_dir = run_checkpoint(path)
     try:

@@ -22,13 +22,13 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pretrain.caption_decoder import CaptionDecoderConfig, build_caption_decoder
+from pretrain.state_dicts import AUXILIARY_PREFIX, without_auxiliary
 from pretrain.towers import (TextConfig, TextTower, VisionConfig, VisionTower, build_text_tower, build_vision_tower,
                              resolve_text_path)
 
@@ -43,14 +43,10 @@ __all__ = [
     "add_auxiliary",
     "auxiliary",
     "build_model",
-    "param_groups",
     "resolve_model_paths",
     "without_auxiliary",
 ]
 
-AUXILIARY_PREFIX = "auxiliary."
-# where runs written before the auxiliary namespace kept the same modules
-LEGACY_AUXILIARY_PREFIXES = ("revision_attention.", "momentum_encoder.", "feature_queue.")
 
 
 @dataclass
@@ -180,22 +176,3 @@ def auxiliary(model: nn.Module, name: str) -> nn.Module:
                            "auxiliary_modules() and add_auxiliary(model, ...) adds it before training")
     return modules[name]
 
-
-def without_auxiliary(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-    """A state dict without the training-only modules (what a released model holds)."""
-    return {k: v for k, v in state_dict.items() if not k.startswith((AUXILIARY_PREFIX, *LEGACY_AUXILIARY_PREFIXES))}
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two AdamW groups: decay on weight matrices/kernels; none on biases, norms (any 0/1-d parameter),
-    logit_scale and what timm lists in no_weight_decay() (position embeddings, class token)."""
-    skip: set[str] = {"logit_scale"}
-    for prefix, module in model.named_modules():
-        if hasattr(module, "no_weight_decay") and callable(module.no_weight_decay):
-            skip |= {f"{prefix}.{n}" if prefix else n for n in module.no_weight_decay()}
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        (no_decay if param.ndim < 2 or name in skip else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

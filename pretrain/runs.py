@@ -79,7 +79,8 @@ def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, *, confi
 
     from pretrain.checkpoint import find_run_config, resolve_checkpoint
     from pretrain.consolidate import load_model_state_dict
-    from pretrain.model import build_model, without_auxiliary
+    from pretrain.model import build_model
+    from pretrain.state_dicts import without_auxiliary
     from pretrain.state_dicts import StateMismatchError, load_state_strict
 
     try:

@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import nn
+
+AUXILIARY_PREFIX = "auxiliary."  # training-only modules (pretrain.model.add_auxiliary)
+# where runs written before the auxiliary namespace kept the same modules
+LEGACY_AUXILIARY_PREFIXES = ("revision_attention.", "momentum_encoder.", "feature_queue.")
+
+
+def without_auxiliary(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """A state dict without the training-only modules (what a released model holds)."""
+    return {k: v for k, v in state_dict.items() if not k.startswith((AUXILIARY_PREFIX, *LEGACY_AUXILIARY_PREFIXES))}
 
 __all__ = ["StateMismatchError", "load_state_strict"]
 

@@ -10,7 +10,8 @@ import torch
 
 from kernels import contrastive_loss
 from pretrain.config import field_docs, from_dict
-from pretrain.model import ModelConfig, RetinaCLIP, TextConfig, VisionConfig, build_model, param_groups
+from pretrain.engine import param_groups
+from pretrain.model import ModelConfig, RetinaCLIP, TextConfig, VisionConfig, build_model
 from pretrain.towers import build_text_tower, build_vision_tower, offline_minilm_path
 from tests.helpers import tiny_model_config
 
