@@ -1,0 +1,155 @@
+"""Shard sets on object storage (`s3://bucket/prefix`, or any fsspec URL) beside local folders.
+
+    is_url("s3://b/p")                      # True: a path with a scheme goes through fsspec
+    join("s3://b/p", "index.json")          # 's3://b/p/index.json' (local paths join as paths)
+    upload(Path("x.tar"), "s3://b/p/x.tar") # the object appears only once it is complete
+    with opened("s3://b/p/x.tar") as fh: ...  # a binary read handle, local or remote
+
+Credentials and endpoint are the standard AWS ones, read by s3fs/botocore: AWS_ACCESS_KEY_ID /
+AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, ~/.aws), AWS_DEFAULT_REGION, and AWS_ENDPOINT_URL for an
+S3-compatible store (MinIO, Ceph, a test server). No option of ours duplicates them.
+
+Atomicity: S3 shows an object only when its upload is complete (a single PUT, or a multipart upload on its
+completing call), so uploading a finished local file is the atomic write; nothing is ever written in place.
+Every storage failure becomes a StorageError naming the URL and what is wrong (no bucket, no credentials).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["StorageError", "download", "exists", "is_url", "join", "list_names", "local_or_url", "opened",
+           "read_bytes", "remove", "size", "upload", "write_bytes"]
+
+
+class StorageError(ValueError):
+    """Object storage refused or failed; the message names the URL and the reason."""
+
+
+def is_url(path: str | Path) -> bool:
+    # pathlib turns 's3://b/p' into 's3:/b/p', so a URL must stay a str from the command line on
+    return "://" in str(path)
+
+
+def local_or_url(path: str | Path) -> str | Path:
+    """A URL as it is, anything else as a Path (what the command lines hand to the builders and readers)."""
+    return str(path) if is_url(path) else Path(path)
+
+
+def join(base: str | Path, name: str) -> str | Path:
+    return f"{str(base).rstrip('/')}/{name}" if is_url(base) else Path(base) / name
+
+
+def _fs(url: str) -> tuple[Any, str]:
+    import fsspec
+
+    with storage_errors(url):
+        return fsspec.core.url_to_fs(url)
+
+
+def _reason(exc: BaseException) -> str:
+    name = type(exc).__name__
+    if name in ("NoCredentialsError", "PartialCredentialsError"):
+        return (f"no credentials ({exc}): set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE "
+                "(AWS_ENDPOINT_URL for an S3-compatible store)")
+    if name == "EndpointConnectionError" or isinstance(exc, (ConnectionError, TimeoutError)):
+        return f"cannot reach the storage endpoint ({exc}); check AWS_ENDPOINT_URL"
+    if isinstance(exc, PermissionError):
+        return f"access denied ({exc})"
+    if isinstance(exc, FileNotFoundError):
+        return str(exc) or "no such object"
+    return f"{name}: {exc}"
+
+
+@contextlib.contextmanager
+def storage_errors(url: str) -> Iterator[None]:
+    """Turn whatever the client library raises into one StorageError line naming `url`."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except Exception as exc:  # botocore, aiohttp and fsspec raise many unrelated types
+        raise StorageError(f"{url}: {_reason(exc)}") from None
+
+
+def exists(url: str | Path) -> bool:
+    if not is_url(url):
+        return Path(url).exists()
+    fs, path = _fs(str(url))
+    with storage_errors(str(url)):
+        return fs.exists(path)
+
+
+def size(url: str | Path) -> int:
+    """Bytes of a file or object; FileNotFoundError (naming it) when there is none."""
+    if not is_url(url):
+        return Path(url).stat().st_size
+    fs, path = _fs(str(url))
+    try:
+        return int(fs.info(path)["size"])
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{url}: no such object") from None
+    except Exception as exc:
+        raise StorageError(f"{url}: {_reason(exc)}") from None
+
+
+def read_bytes(url: str | Path) -> bytes:
+    if not is_url(url):
+        return Path(url).read_bytes()
+    fs, path = _fs(str(url))
+    try:
+        return fs.cat_file(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{url}: no such object") from None
+    except Exception as exc:
+        raise StorageError(f"{url}: {_reason(exc)}") from None
+
+
+def opened(url: str | Path) -> IO[bytes]:
+    """A binary read handle (a context manager) on a local file or an object."""
+    if not is_url(url):
+        return open(url, "rb")
+    fs, path = _fs(str(url))
+    with storage_errors(str(url)):
+        return fs.open(path, "rb")
+
+
+def list_names(url: str) -> list[str]:
+    """Paths of every object under the prefix `url`, relative to it (sorted); [] for an empty prefix.
+    A missing bucket or missing credentials is a StorageError."""
+    fs, root = _fs(url)
+    with storage_errors(url):
+        fs.invalidate_cache()  # another process (an earlier build) may have written here
+        return sorted(p[len(root.rstrip("/")) + 1:] for p in fs.find(root))
+
+
+def upload(local: Path, url: str) -> None:
+    """Put a finished local file under `url`; readers see the old object or the whole new one."""
+    fs, path = _fs(url)
+    with storage_errors(url):
+        fs.put_file(str(local), path)
+
+
+def write_bytes(url: str, data: bytes) -> None:
+    fs, path = _fs(url)
+    with storage_errors(url):
+        fs.pipe_file(path, data)
+
+
+def download(url: str, local: Path) -> None:
+    fs, path = _fs(url)
+    try:
+        fs.get_file(path, str(local))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{url}: no such object") from None
+    except Exception as exc:
+        raise StorageError(f"{url}: {_reason(exc)}") from None
+
+
+def remove(url: str) -> None:
+    fs, path = _fs(url)
+    with storage_errors(url):
+        fs.rm_file(path)
