@@ -63,10 +63,12 @@ def claim_prefix(out: str) -> list[str]:
 class RemoteShards:
     """The shards of one remote set: which are done, and publishing a finished one."""
 
-    def __init__(self, out: str, staging: Path):
-        self.out, self.staging = out, staging
+    def __init__(self, out: str, staging: Path, names: list[str]):
+        self.out, self.staging, self.names = out, staging, set(names)  # names: what the prefix held at the start
 
     def reusable(self, name: str, digest: str) -> dict | None:
+        if f".build/{name}.json" not in self.names or name not in self.names:
+            return None  # one listing answers for every shard never finished, instead of a request each
         try:
             marker = json.loads(read_bytes(join(self.out, f".build/{name}.json")))
             done = marker.get("digest") == digest and size(join(self.out, name)) == marker.get("bytes")
@@ -103,7 +105,7 @@ def build_remote(cfg: BuildConfig) -> dict:
         claim = shard_index.build_dir(staging) / CLAIM_NAME
         if f".build/{CLAIM_NAME}" not in names:
             upload(claim, join(out, f".build/{CLAIM_NAME}"))
-        shards = RemoteShards(out, staging)
+        shards = RemoteShards(out, staging, names)
         pool = ProcessPoolExecutor(max_workers=cfg.workers) if cfg.workers > 1 else None
         try:
             plan = plan_build(replace(cfg, out=staging), pool)

@@ -65,6 +65,19 @@ def _reason(exc: BaseException) -> str:
     return f"{name}: {exc}"
 
 
+def _not_found(url: str, fs: Any, path: str) -> Exception:
+    """FileNotFoundError for a missing object; a StorageError when the whole bucket is missing (a typo in it
+    would otherwise read as 'no index.json')."""
+    bucket = path.split("/", 1)[0]
+    try:
+        bucket_exists = fs.exists(bucket)
+    except Exception:  # the question was only to word the message better
+        bucket_exists = True
+    if not bucket_exists:
+        return StorageError(f"{url}: the bucket {bucket!r} does not exist")
+    return FileNotFoundError(f"{url}: no such object")
+
+
 @contextlib.contextmanager
 def storage_errors(url: str) -> Iterator[None]:
     """Turn whatever the client library raises into one StorageError line naming `url`."""
@@ -92,7 +105,7 @@ def size(url: str | Path) -> int:
     try:
         return int(fs.info(path)["size"])
     except FileNotFoundError:
-        raise FileNotFoundError(f"{url}: no such object") from None
+        raise _not_found(str(url), fs, path) from None
     except Exception as exc:
         raise StorageError(f"{url}: {_reason(exc)}") from None
 
@@ -104,7 +117,7 @@ def read_bytes(url: str | Path) -> bytes:
     try:
         return fs.cat_file(path)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{url}: no such object") from None
+        raise _not_found(str(url), fs, path) from None
     except Exception as exc:
         raise StorageError(f"{url}: {_reason(exc)}") from None
 
@@ -146,9 +159,13 @@ def list_names(url: str) -> list[str]:
     """Paths of every object under the prefix `url`, relative to it (sorted); [] for an empty prefix.
     A missing bucket or missing credentials is a StorageError."""
     fs, root = _fs(url)
-    with storage_errors(url):
+    try:
         fs.invalidate_cache()  # another process (an earlier build) may have written here
         return sorted(p[len(root.rstrip("/")) + 1:] for p in fs.find(root))
+    except FileNotFoundError:  # a missing prefix lists as empty: this is the bucket
+        raise _not_found(url, fs, root) from None
+    except Exception as exc:
+        raise StorageError(f"{url}: {_reason(exc)}") from None
 
 
 def upload(local: Path, url: str) -> None:
@@ -169,7 +186,7 @@ def download(url: str, local: Path) -> None:
     try:
         fs.get_file(path, str(local))
     except FileNotFoundError:
-        raise FileNotFoundError(f"{url}: no such object") from None
+        raise _not_found(str(url), fs, path) from None
     except Exception as exc:
         raise StorageError(f"{url}: {_reason(exc)}") from None
 

@@ -103,7 +103,7 @@ def test_verify_finds_a_replaced_object(small_source, bucket, tmp_path, capsys):
 def test_storage_errors_name_the_url(small_source, bucket, s3_endpoint, capsys, monkeypatch):
     assert main(build_args(small_source, "s3://no-such-bucket/set")) == 2
     err = capsys.readouterr().err
-    assert "s3://no-such-bucket/set" in err and "bucket does not exist" in err
+    assert "s3://no-such-bucket/set: the bucket 'no-such-bucket' does not exist" in err
 
     assert main(["-q", "verify", f"s3://{bucket}/nothing-here"]) == 2
     err = capsys.readouterr().err
@@ -151,7 +151,8 @@ def test_killed_build_to_s3_resumes(bucket, tmp_path):
     assert 1 <= len(published) < 24, "the kill must land mid-build"
     assert "index.json" not in names
     for marker in published:  # a marker is only ever uploaded after its complete shard
-        shard = marker[len(".build/"):-len(".json")]
+        assert marker[len(".build/"):-len(".json")] in names
+    for shard in [n for n in names if n.endswith(".tar")]:  # and no object is ever a part of a shard
         assert read_bytes(f"{url}/{shard}") == (local / shard).read_bytes()
 
     assert main([*args, "--out", url]) == 0
@@ -248,3 +249,14 @@ def test_text_pretrain_corpus_reads_captions_from_s3(s3_tiny_sets, tiny_shards):
 
     remote = corpus(s3_tiny_sets["elite"])
     assert remote and remote == corpus(str(tiny_shards["elite"]))
+
+
+def test_train_names_a_missing_bucket_before_any_work(s3_endpoint, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "pretrain", "train", "--config",
+                             str(REPO / "pretrain/configs/tiny_cpu.yaml"), "--run.dir", str(tmp_path / "run"),
+                             "--data.public", "s3://no-such-bucket/public", "--data.elite", "null"],
+                            capture_output=True, text=True, cwd=REPO, env={**os.environ, **ENV}, timeout=300)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert ("--data.public: s3://no-such-bucket/public/index.json: the bucket 'no-such-bucket' does not exist"
+            in result.stderr), result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "run" / "checkpoints").exists()
