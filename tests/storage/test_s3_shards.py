@@ -190,7 +190,7 @@ def s3_run(s3_tiny_sets, tmp_path_factory) -> subprocess.CompletedProcess:
     run = tmp_path_factory.mktemp("s3-train") / "run"
     cmd = [sys.executable, "-m", "pretrain", "train", "--config", str(REPO / "pretrain/configs/tiny_cpu.yaml"),
            "--run.dir", str(run), "--data.public", s3_tiny_sets["public"], "--data.elite", s3_tiny_sets["elite"],
-           "--run.steps", "2", "--run.log_every", "1", "--run.save_every", "2", "--data.workers", "0",
+           "--run.steps", "2", "--run.log_every", "1", "--run.save_every", "2", "--data.workers", "1",
            "--data.batch_size", "8", "--data.shuffle_buffer", "16", "--data.verify_sha256", "true",
            "--engine.warmup_steps", "1", "--engine.total_steps", "2"]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, **ENV}, timeout=300)
