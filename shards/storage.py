@@ -11,7 +11,8 @@ S3-compatible store (MinIO, Ceph, a test server). No option of ours duplicates t
 
 Atomicity: S3 shows an object only when its upload is complete (a single PUT, or a multipart upload on its
 completing call), so uploading a finished local file is the atomic write; nothing is ever written in place.
-Every storage failure becomes a StorageError naming the URL and what is wrong (no bucket, no credentials).
+A missing object is a FileNotFoundError naming it; every other failure a StorageError naming the URL and what
+is wrong (no such bucket, no credentials, no endpoint).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["StorageError", "download", "exists", "is_url", "join", "list_names", "local_or_url", "opened",
-           "read_bytes", "register_with_webdataset", "remove", "sha256", "size", "upload", "write_bytes"]
+__all__ = ["StorageError", "download", "is_url", "join", "list_names", "local_or_url", "opened", "read_bytes",
+           "register_with_webdataset", "remove", "sha256", "size", "upload"]
 
 
 class StorageError(ValueError):
@@ -60,8 +61,6 @@ def _reason(exc: BaseException) -> str:
         return f"cannot reach the storage endpoint ({exc}); check AWS_ENDPOINT_URL"
     if isinstance(exc, PermissionError):
         return f"access denied ({exc})"
-    if isinstance(exc, FileNotFoundError):
-        return str(exc) or "no such object"
     return f"{name}: {exc}"
 
 
@@ -79,47 +78,34 @@ def _not_found(url: str, fs: Any, path: str) -> Exception:
 
 
 @contextlib.contextmanager
-def storage_errors(url: str) -> Iterator[None]:
-    """Turn whatever the client library raises into one StorageError line naming `url`."""
+def storage_errors(url: str, fs: Any = None, path: str = "") -> Iterator[None]:
+    """Turn whatever the client library raises into one line naming `url`: FileNotFoundError for a missing
+    object (given the `fs` and `path` to tell it from a missing bucket), StorageError for anything else."""
     try:
         yield
     except StorageError:
         raise
+    except FileNotFoundError as exc:
+        raise (_not_found(url, fs, path) if fs is not None else StorageError(f"{url}: {exc}")) from None
     except Exception as exc:  # botocore, aiohttp and fsspec raise many unrelated types
         raise StorageError(f"{url}: {_reason(exc)}") from None
 
 
-def exists(url: str | Path) -> bool:
-    if not is_url(url):
-        return Path(url).exists()
-    fs, path = _fs(str(url))
-    with storage_errors(str(url)):
-        return fs.exists(path)
-
-
 def size(url: str | Path) -> int:
-    """Bytes of a file or object; FileNotFoundError (naming it) when there is none."""
+    """Bytes of a file or object."""
     if not is_url(url):
         return Path(url).stat().st_size
     fs, path = _fs(str(url))
-    try:
+    with storage_errors(str(url), fs, path):
         return int(fs.info(path)["size"])
-    except FileNotFoundError:
-        raise _not_found(str(url), fs, path) from None
-    except Exception as exc:
-        raise StorageError(f"{url}: {_reason(exc)}") from None
 
 
 def read_bytes(url: str | Path) -> bytes:
     if not is_url(url):
         return Path(url).read_bytes()
     fs, path = _fs(str(url))
-    try:
+    with storage_errors(str(url), fs, path):
         return fs.cat_file(path)
-    except FileNotFoundError:
-        raise _not_found(str(url), fs, path) from None
-    except Exception as exc:
-        raise StorageError(f"{url}: {_reason(exc)}") from None
 
 
 def opened(url: str | Path) -> IO[bytes]:
@@ -127,7 +113,7 @@ def opened(url: str | Path) -> IO[bytes]:
     if not is_url(url):
         return open(url, "rb")
     fs, path = _fs(str(url))
-    with storage_errors(str(url)):
+    with storage_errors(str(url), fs, path):
         return fs.open(path, "rb")
 
 
@@ -159,39 +145,25 @@ def list_names(url: str) -> list[str]:
     """Paths of every object under the prefix `url`, relative to it (sorted); [] for an empty prefix.
     A missing bucket or missing credentials is a StorageError."""
     fs, root = _fs(url)
-    try:
+    with storage_errors(url, fs, root):  # a missing prefix lists as empty: a FileNotFoundError is the bucket
         fs.invalidate_cache()  # another process (an earlier build) may have written here
         return sorted(p[len(root.rstrip("/")) + 1:] for p in fs.find(root))
-    except FileNotFoundError:  # a missing prefix lists as empty: this is the bucket
-        raise _not_found(url, fs, root) from None
-    except Exception as exc:
-        raise StorageError(f"{url}: {_reason(exc)}") from None
 
 
 def upload(local: Path, url: str) -> None:
     """Put a finished local file under `url`; readers see the old object or the whole new one."""
     fs, path = _fs(url)
-    with storage_errors(url):
+    with storage_errors(url, fs, path):
         fs.put_file(str(local), path)
-
-
-def write_bytes(url: str, data: bytes) -> None:
-    fs, path = _fs(url)
-    with storage_errors(url):
-        fs.pipe_file(path, data)
 
 
 def download(url: str, local: Path) -> None:
     fs, path = _fs(url)
-    try:
+    with storage_errors(url, fs, path):
         fs.get_file(path, str(local))
-    except FileNotFoundError:
-        raise _not_found(str(url), fs, path) from None
-    except Exception as exc:
-        raise StorageError(f"{url}: {_reason(exc)}") from None
 
 
 def remove(url: str) -> None:
     fs, path = _fs(url)
-    with storage_errors(url):
+    with storage_errors(url, fs, path):
         fs.rm_file(path)
