@@ -87,6 +87,17 @@ def test_build_to_s3_is_a_local_build_and_reads_back(small_source, bucket, tmp_p
     assert_same_as_local(url, local)
 
 
+def test_changed_plan_replaces_stale_shards(small_source, bucket, tmp_path):
+    """A rebuild with other shard sizes removes the shards and markers of the old plan, as a local build does."""
+    url = f"s3://{bucket}/set"
+    assert main(build_args(small_source, url)) == 0
+    assert "train-000003.tar" in list_names(url)
+    local = tmp_path / "local"
+    assert main(build_args(small_source, local, "--shard_size", "10")) == 0
+    assert main(build_args(small_source, url, "--shard_size", "10")) == 0
+    assert_same_as_local(url, local)
+
+
 def test_verify_finds_a_replaced_object(small_source, bucket, tmp_path, capsys):
     import fsspec
 
