@@ -89,8 +89,7 @@ class RemoteShards:
     def remove_stale(self, names: list[str], keep: set[str]) -> None:
         """Shards and markers of an earlier, different plan (as shards.build.remove_stale)."""
         for name in names:
-            shard = name[len(".build/"):-len(".json")] if name.startswith(".build/") and name.endswith(
-                ".tar.json") else name
+            shard = name.removeprefix(".build/").removesuffix(".json")  # a shard, or the shard of a marker
             if SHARD_NAME.match(shard) and shard not in keep:
                 remove(join(self.out, name))
 
