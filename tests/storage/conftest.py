@@ -18,9 +18,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
-    """The endpoint URL of a moto S3 server; the AWS env variables point every client (and subprocess) at it."""
+    """The endpoint URL of a moto S3 server for one test module; the AWS env variables point every client (and
+    subprocess) at it until the module ends."""
     server_module = pytest.importorskip("moto.server")
     s3fs = pytest.importorskip("s3fs")
     server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port(), verbose=False)
