@@ -271,3 +271,16 @@ def test_train_names_a_missing_bucket_before_any_work(s3_endpoint, tmp_path):
     assert ("--data.public: s3://no-such-bucket/public/index.json: the bucket 'no-such-bucket' does not exist"
             in result.stderr), result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_model_card_summarises_s3_sets(s3_tiny_sets):
+    from types import SimpleNamespace
+
+    from pretrain.hf.model_card import model_card
+
+    hf_config = SimpleNamespace(caption_decoder_config=None, vision_config={"name": "resnet18", "image_size": 64},
+                                text_config={"model_type": "bert"}, embed_dim=32)
+    raw = {"method": "flair", "data": {"public": s3_tiny_sets["public"], "elite": "s3://tiny/sets/missing"}}
+    card = model_card(raw, "step00000002", hf_config, None, None)
+    assert "`public`: 4 shards, 40 samples" in card
+    assert "`missing` (index.json not available at export time)" in card
