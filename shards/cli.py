@@ -13,11 +13,14 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from shards.commandline import Command, parse_command, subcommand_parser
 from shards.images import DEFAULT_MAX_PIXELS
 from shards.readers.table import SourceError
+
+if TYPE_CHECKING:
+    from shards.remote_read import LocalCopy
 
 __all__ = ["BuildArgs", "COMMANDS", "build_config", "main", "parser", "run"]
 
@@ -171,7 +174,7 @@ def run(command: str, args: Any, progress: bool) -> int:
     return 0
 
 
-def read_command(command: str, args: Any, copy: Any, progress: bool) -> int:
+def read_command(command: str, args: Any, copy: LocalCopy, progress: bool) -> int:
     """verify, inspect or stats on the folder copy.folder; messages name copy.shown."""
     if command == "verify":
         from shards.verify import verify
@@ -194,7 +197,7 @@ def read_command(command: str, args: Any, copy: Any, progress: bool) -> int:
     return report_problems(command, copy.shown, stats["problems"], f"counted {stats['samples']} readable sample(s)")
 
 
-def inspect_samples(args: InspectArgs, copy: Any) -> int:
+def inspect_samples(args: InspectArgs, copy: LocalCopy) -> int:
     """Print up to --num samples; a damaged shard or sample is reported and skipped (exit 1)."""
     from shards.summary import SampleError, describe, iter_samples
 
