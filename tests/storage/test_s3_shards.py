@@ -128,6 +128,11 @@ def test_storage_errors_name_the_url(small_source, bucket, s3_endpoint, capsys, 
     assert "is not a shard set" in err and "notes.txt" in err
     assert list_names(f"s3://{bucket}/theirs") == ["notes.txt"]  # nothing written
 
+    from cluster.cli import main as cluster_main  # Ray-parallel builds write folders only, and say so
+
+    assert cluster_main(["shards", "--out", f"s3://{bucket}/ray", "--source", small_source]) == 2
+    assert f"--out s3://{bucket}/ray: retina-cluster shards writes to a folder" in capsys.readouterr().err
+
     # no credentials anywhere: a new process, so no client or cached credentials carry over
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(AWS_ENDPOINT_URL=s3_endpoint, AWS_SHARED_CREDENTIALS_FILE="/nonexistent",
