@@ -23,8 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["StorageError", "download", "is_url", "join", "list_names", "local_or_url", "opened", "read_bytes",
-           "register_with_webdataset", "remove", "sha256", "size", "upload"]
+__all__ = ["StorageError", "download", "is_url", "join", "list_names", "list_sizes", "local_or_url", "opened",
+           "read_bytes", "register_with_webdataset", "remove", "sha256", "size", "upload"]
 
 
 class StorageError(ValueError):
@@ -141,13 +141,19 @@ def register_with_webdataset(schemes: tuple[str, ...] = ("s3",)) -> None:
         gopen_schemes.setdefault(scheme, _gopen_fsspec)
 
 
-def list_names(url: str) -> list[str]:
-    """Paths of every object under the prefix `url`, relative to it (sorted); [] for an empty prefix.
+def list_sizes(url: str) -> dict[str, int]:
+    """{path relative to the prefix `url`: bytes} of every object under it (sorted); {} for an empty prefix.
     A missing bucket or missing credentials is a StorageError."""
     fs, root = _fs(url)
     with storage_errors(url, fs, root):  # a missing prefix lists as empty: a FileNotFoundError is the bucket
         fs.invalidate_cache()  # another process (an earlier build) may have written here
-        return sorted(p[len(root.rstrip("/")) + 1:] for p in fs.find(root))
+        found = fs.find(root, detail=True)
+        return {p[len(root.rstrip("/")) + 1:]: int(found[p]["size"]) for p in sorted(found)}
+
+
+def list_names(url: str) -> list[str]:
+    """Paths of every object under the prefix `url`, relative to it (sorted); [] for an empty prefix."""
+    return list(list_sizes(url))
 
 
 def upload(local: Path, url: str) -> None:
