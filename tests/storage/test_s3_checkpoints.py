@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from pretrain.checkpoint_files import MANIFEST
-from pretrain.remote_checkpoint import fetch_checkpoint
+from pretrain.checkpoint_files import MANIFEST, CheckpointError
+from pretrain.remote_checkpoint import fetch_checkpoint, push_checkpoint
 from shards.storage import list_sizes, read_bytes
 
 pytestmark = pytest.mark.slow
@@ -172,6 +172,12 @@ def test_fetch_takes_only_a_complete_checkpoint(trained, bucket, tmp_path, damag
 
 def test_fetch_from_a_prefix_without_checkpoints_starts_fresh(s3_endpoint, bucket, tmp_path):
     assert fetch_checkpoint(f"s3://{bucket}/empty", tmp_path / "checkpoints") is None
+
+
+def test_failed_upload_names_the_url(trained):
+    with pytest.raises(CheckpointError, match=r"^--run.remote s3://gone/r: s3://gone/r/checkpoints/step00000002/"
+                                              r"\S+: the bucket 'gone' does not exist$"):
+        push_checkpoint(trained["run"] / "checkpoints" / "step00000002", "s3://gone/r")
 
 
 def test_train_names_a_missing_bucket_of_run_remote(tiny_shards, s3_endpoint, tmp_path):
