@@ -188,6 +188,15 @@ def test_train_names_a_missing_bucket_of_run_remote(tiny_shards, s3_endpoint, tm
     assert "Traceback" not in result.stderr and not (tmp_path / "run" / "checkpoints").exists()
 
 
+def test_text_pretrain_names_a_missing_bucket_of_run_remote(s3_endpoint, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "pretrain", "text-pretrain", "--run.dir", str(tmp_path / "run"),
+                             "--run.remote", "s3://no-such-bucket/runs/t"], capture_output=True, text=True, cwd=REPO,
+                            env={**os.environ, **ENV}, timeout=300)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert ("--run.remote: s3://no-such-bucket/runs/t/checkpoints: the bucket 'no-such-bucket' does not exist"
+            in result.stderr), result.stderr
+
+
 def test_run_remote_must_be_a_url(tiny_shards, tmp_path):
     result = train(tiny_shards, tmp_path / "run", 2, "--run.remote", str(tmp_path / "elsewhere"))
     assert result.returncode != 0
