@@ -15,9 +15,10 @@ tag folder holds every rank's files and rank 0 uploads them all. S3 shows an obj
 complete, so each object is atomic; the order above makes the tag atomic for a reader that checks the manifest.
 
 A remote tag is taken only if it is at most the one `latest` names, its manifest is there and every file it lists
-is there with the listed size; the download then goes through pretrain.checkpoint_files.verify_checkpoint (sha256,
-weights_only reads) in a staging folder before it is renamed into place. Anything else (an upload cut short, a
-missing manifest, a truncated or replaced file) is skipped with a warning saying why, for the next older tag.
+(plain file names only) is there with the listed size; the download then goes through
+pretrain.checkpoint_files.verify_checkpoint (sha256, weights_only reads) in a staging folder before it is renamed
+into place. Anything else (an upload cut short, a missing manifest, a truncated or replaced file) is skipped with
+a warning saying why, for the next older tag.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ def _incomplete(tag: str, objects: dict[str, int], manifest: dict) -> str | None
     if not isinstance(files, dict) or not files:
         return f"{MANIFEST} lists no files"
     for name, want in sorted(files.items()):
+        if Path(name).name != name or name in (".", "..") or not isinstance(want, dict):
+            return f"{MANIFEST} lists {name!r}, not a file of the tag"  # nothing is written outside the staging
         got = objects.get(f"{tag}/{name}")
         if got is None:
             return f"{name} is listed in {MANIFEST} but missing"

@@ -6,6 +6,7 @@ manifest is never taken; bad storage input is one line naming the URL."""
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -128,7 +129,7 @@ def test_truncated_newest_upload_is_skipped_by_training(trained, bucket, tmp_pat
 
 
 @pytest.mark.parametrize("damage", ["no manifest", "file missing", "same size, other bytes", "no latest",
-                                    "newer than latest"])
+                                    "newer than latest", "name outside the tag"])
 def test_fetch_takes_only_a_complete_checkpoint(trained, bucket, tmp_path, damage, caplog):
     import fsspec
 
@@ -143,6 +144,7 @@ def test_fetch_takes_only_a_complete_checkpoint(trained, bucket, tmp_path, damag
         "same size, other bytes": "step00000004: the downloaded copy fails verification",
         "no latest": "no `latest` object",
         "newer than latest": "step00000004: newer than the tag `latest` names (step00000002)",
+        "name outside the tag": "step00000004: manifest.json lists '../evil.pt', not a file of the tag",
     }[damage]
     if damage == "no manifest":
         fs.rm_file(f"{newest}/{MANIFEST}"[5:])
@@ -155,8 +157,12 @@ def test_fetch_takes_only_a_complete_checkpoint(trained, bucket, tmp_path, damag
     elif damage == "no latest":
         fs.rm_file(f"{remote}/checkpoints/latest"[5:])
         want = None
-    else:  # killed after the manifest of step 4 but before `latest` moved
+    elif damage == "newer than latest":  # killed after the manifest of step 4 but before `latest` moved
         fs.pipe_file(f"{remote}/checkpoints/latest"[5:], b"step00000002")
+    else:
+        manifest = json.loads(read_bytes(f"{newest}/{MANIFEST}"))
+        manifest["files"]["../evil.pt"] = manifest["files"][model]
+        fs.pipe_file(f"{newest}/{MANIFEST}"[5:], json.dumps(manifest).encode())
     folder = tmp_path / "run" / "checkpoints"
     with caplog.at_level(logging.WARNING, logger="pretrain.remote_checkpoint"):
         got = fetch_checkpoint(remote, folder)
