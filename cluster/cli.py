@@ -112,8 +112,8 @@ class ShardsArgs(BuildArgs):
 class EmbedArgs:
     run: Path
     """Run folder (config.yaml + checkpoints/)."""
-    shards: Path
-    """Shard set folder."""
+    shards: str
+    """Shard set folder, or s3://bucket/prefix."""
     out: Path
     """The zarr store folder to write."""
     checkpoint: Path | None = None

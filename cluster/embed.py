@@ -34,8 +34,8 @@ __all__ = ["EmbedConfig", "checkpoint_dir", "embed_chunks", "embed_with_ray", "l
 class EmbedConfig:
     run: Path
     """Run folder with config.yaml (model and data settings) and checkpoints/."""
-    shards: Path
-    """Shard set folder (index.json)."""
+    shards: Path | str
+    """Shard set folder (index.json), or s3://bucket/prefix."""
     out: Path
     """The zarr store to write."""
     split: str = "test"
@@ -64,24 +64,27 @@ def load_model(cfg: EmbedConfig) -> tuple[Any, Any, Any]:
     return run.model, run.tokenizer, run.config
 
 
-def _split_shards(shards: Path, split: str) -> list[dict]:
+def _split_shards(shards: Path | str, split: str) -> list[dict]:
     from shards.index import load_index
 
     return [s for s in load_index(shards)["shards"] if s["split"] == split]
 
 
-def _raw_samples(shards: Path, split: str, start: int, end: int) -> Iterator[dict]:
+def _raw_samples(shards: Path | str, split: str, start: int, end: int) -> Iterator[dict]:
     """Raw tar samples start..end-1 of the split, in index then tar order, reading only the shards needed."""
     import webdataset as wds
 
     from pretrain.samples import keep_member
+    from shards.storage import join, register_with_webdataset
+
+    register_with_webdataset()  # s3:// shard URLs, in this Ray task's process
 
     offset = 0
     for shard in _split_shards(shards, split):
         first, offset = offset, offset + shard["samples"]
         if offset <= start or first >= end:
             continue
-        source = wds.DataPipeline(wds.SimpleShardList([str(shards / shard["name"])]),
+        source = wds.DataPipeline(wds.SimpleShardList([str(join(shards, shard["name"]))]),
                                   wds.tarfile_to_samples(select_files=keep_member))
         for position, sample in enumerate(source, start=first):
             if start <= position < end:
@@ -160,8 +163,10 @@ def embed_with_ray(cfg: EmbedConfig, tasks: int | None = None, address: str | No
     from pretrain.config import load_config
     from pretrain.train import TrainConfig
     from shards.index import load_index
+    from shards.storage import is_url
 
-    cfg = dataclasses.replace(cfg, run=Path(cfg.run).resolve(), shards=Path(cfg.shards).resolve(),
+    shards_at = str(cfg.shards) if is_url(cfg.shards) else Path(cfg.shards).resolve()
+    cfg = dataclasses.replace(cfg, run=Path(cfg.run).resolve(), shards=shards_at,
                               out=Path(cfg.out).resolve())
     shards = _split_shards(cfg.shards, cfg.split)
     count = sum(s["samples"] for s in shards)

@@ -21,6 +21,7 @@ from shards.build import (BuildConfig, ShardTask, finish_build, finish_shard, pl
                           remove_stale, reusable_marker)
 from shards.images import ImageOptions
 from shards.out_folder import claim_out_folder
+from shards.storage import is_url
 
 __all__ = ["build_range", "build_with_ray", "split_ranges"]
 
@@ -54,6 +55,9 @@ def build_range(tasks: list[ShardTask], out: str, options: ImageOptions) -> list
 def build_with_ray(cfg: BuildConfig, tasks: int | None = None, address: str | None = None) -> dict[str, Any]:
     """Run a build with the shard writing spread over Ray tasks; returns the index (as shards.build.build)."""
     cfg.validate()
+    if is_url(cfg.out):  # Ray tasks write into the shared folder; uploading from each is not built yet
+        raise ValueError(f"--out {cfg.out}: retina-cluster shards writes to a folder; build to object storage "
+                         "with `retina-shards build --out URL`")
     claim_out_folder(cfg.out)  # a folder that is not one of our shard sets is refused, nothing deleted
     pool = ProcessPoolExecutor(max_workers=cfg.workers) if cfg.workers > 1 else None
     try:

@@ -8,7 +8,9 @@
 empty or half-written. We pass save_latest=False and write it ourselves atomically (shards.atomic: fsync,
 rename, fsync the folder), after a barrier that follows every rank's save, so `latest` only ever names a
 finished checkpoint. Before `latest` moves, rank 0 writes the tag's manifest.json (size and sha256 of every
-file; pretrain.checkpoint_files).
+file; pretrain.checkpoint_files). With `run.remote` set, rank 0 then uploads the tag and moves the remote `latest`
+(pretrain.remote_checkpoint), and `run.resume: auto` on a run folder without checkpoints fetches the newest
+complete remote tag first.
 
 Resuming never trusts a file: the tag is verified first (manifest, then every *.pt read with
 torch.load(weights_only=True) and a three-class allow-list) and only then handed to DeepSpeed, whose own loader
@@ -34,12 +36,13 @@ import torch.distributed as dist
 from pretrain.checkpoint_files import CheckpointError, verify_checkpoint, write_manifest
 from pretrain.config import save_config
 from pretrain.engine import parameters_finite
+from pretrain.remote_checkpoint import CHECKPOINTS, fetch_checkpoint, push_checkpoint
 from shards.atomic import atomic_write
 
 __all__ = ["CHECKPOINT_DIR", "CheckpointError", "find_run_config", "get_rng_state", "load_checkpoint",
            "resolve_checkpoint", "resolve_resume", "save_checkpoint", "save_run_config", "set_rng_state", "step_tag"]
 
-CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_DIR = CHECKPOINTS
 
 log = logging.getLogger("pretrain.checkpoint")
 
@@ -99,19 +102,25 @@ def save_run_config(run_dir: str | Path, config: Any) -> None:
         save_config(config, Path(run_dir) / "config.yaml")
 
 
-def save_checkpoint(engine: Any, run_dir: str | Path, step: int, extra: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(engine: Any, run_dir: str | Path, step: int, extra: dict[str, Any] | None = None,
+                    remote: str | None = None) -> Path:
     """Save the engine (module, optimizer, scheduler) as tag step{step:08d}; call on ALL ranks.
 
-    Returns the checkpoint's folder. `extra` goes into client_state beside the step and RNG states."""
+    Returns the checkpoint's folder. `extra` goes into client_state beside the step and RNG states. With
+    `remote` (run.remote), the complete tag is uploaded there; a failed upload is a CheckpointError on every rank."""
     save_dir = Path(run_dir) / CHECKPOINT_DIR
     tag = step_tag(step)
     client_state = {**(extra or {}), "step": step, "rng": _all_rng_states()}
     engine.save_checkpoint(str(save_dir), tag=tag, client_state=client_state, save_latest=False)
     _barrier()  # every rank's shards are on disk before the manifest lists them and `latest` names them
-    if _rank() == 0:
+
+    def publish() -> None:
         write_manifest(save_dir / tag)
         atomic_write(save_dir / "latest", tag)
-    _barrier()
+        if remote:
+            push_checkpoint(save_dir / tag, remote)
+
+    _decided_on_rank0(publish)  # rank 0 writes; every rank waits for it and shares its error
     return save_dir / tag
 
 
@@ -151,12 +160,14 @@ def find_run_config(checkpoint: str | Path) -> Path:
                           "the two folders above it (is it a run folder of retina-pretrain train?)")
 
 
-def resolve_resume(run_dir: str | Path, resume: str | Path | None) -> Path | None:
+def resolve_resume(run_dir: str | Path, resume: str | Path | None, remote: str | None = None) -> Path | None:
     """The verified tag folder to resume from, or None to start fresh.
 
     "auto": RUN_DIR/checkpoints/latest, or, when it fails verification, the newest older tag that passes (with
     a warning naming what failed); fresh when there is no checkpoint; a CheckpointError naming every failure
-    when none passes. None or "none": fresh. A path: anything resolve_checkpoint takes, which must verify."""
+    when none passes. With `remote` and no local `latest`: the newest complete remote tag, downloaded and
+    verified (pretrain.remote_checkpoint.fetch_checkpoint), or fresh. None or "none": fresh. A path: anything
+    resolve_checkpoint takes, which must verify."""
     if resume is None or str(resume) == "none":
         return None
     if str(resume) != "auto":
@@ -165,7 +176,7 @@ def resolve_resume(run_dir: str | Path, resume: str | Path | None) -> Path | Non
         return tag_dir
     folder = Path(run_dir) / CHECKPOINT_DIR
     if not (folder / "latest").is_file():
-        return None
+        return fetch_checkpoint(remote, folder) if remote else None  # fetched tags are verified already
     latest = resolve_checkpoint(run_dir)
     candidates = [latest] + sorted((d for d in folder.glob("step*") if d.is_dir() and d.name < latest.name),
                                    reverse=True)
@@ -199,10 +210,13 @@ def _decided_on_rank0(decide: Any) -> Any:
     return value
 
 
-def load_checkpoint(engine: Any, run_dir: str | Path, resume: str | Path | None = "auto") -> dict[str, Any] | None:
+def load_checkpoint(engine: Any, run_dir: str | Path, resume: str | Path | None = "auto",
+                    remote: str | None = None) -> dict[str, Any] | None:
     """Load module, optimizer and scheduler states into `engine` and restore this rank's RNG states; call on ALL
-    ranks after build_engine. Returns the client_state (step, extras; RNG removed) or None for a fresh start."""
-    tag_dir = _decided_on_rank0(lambda: resolve_resume(run_dir, resume))
+    ranks after build_engine. Returns the client_state (step, extras; RNG removed) or None for a fresh start.
+    `remote` (run.remote): where resume "auto" looks when the run folder has no checkpoint; rank 0 downloads
+    into the run folder, which the ranks of one machine share."""
+    tag_dir = _decided_on_rank0(lambda: resolve_resume(run_dir, resume, remote))
     if tag_dir is None:
         return None
     load_dir, tag = tag_dir.parent, tag_dir.name

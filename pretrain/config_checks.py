@@ -30,10 +30,14 @@ def _within(key: str, value: float, low: float, high: float, *, open_high: bool 
 
 
 def check_run(run: Any) -> None:
-    """run.*: at least one step; log_every and save_every >= 0 (0 turns periodic logging / saving off)."""
+    """run.*: at least one step; log_every and save_every >= 0 (0 turns periodic logging / saving off); remote a URL
+    (its atomicity is object storage's: a local folder would show half-written files)."""
     _at_least("run.steps", run.steps, 1)
     _at_least("run.log_every", run.log_every, 0)
     _at_least("run.save_every", run.save_every, 0)
+    remote = getattr(run, "remote", None)
+    if remote is not None and "://" not in str(remote):
+        raise ValueError(f"run.remote must be an object storage URL (s3://bucket/prefix), got {remote!r}")
 
 
 def check_data(data: Any) -> None:

@@ -38,6 +38,7 @@ from pretrain.samples import (ALLOWED_EXTS, CLIP_MEAN, CLIP_STD, IMAGE_EXTS, SKI
                               eval_transform, flair_train_transform, keep_member, stable_seed, train_transform)
 from shards.index import load_index
 from shards.knowledge import load_knowledge
+from shards.storage import local_or_url
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +243,7 @@ class Collate:
 
 
 def _vocabulary(shard_dir: str | Path) -> list[str]:
-    return list(load_index(Path(shard_dir))["label_vocabulary"])
+    return list(load_index(local_or_url(shard_dir))["label_vocabulary"])
 
 
 def _padding(cfg: DataConfig) -> str:

@@ -26,7 +26,10 @@ from typing import Any
 
 from shards.index import load_index
 from shards.printable import error_text
+from shards.storage import is_url, join, local_or_url, register_with_webdataset, sha256 as stream_sha256, size
 from shards.tarshard import file_sha256
+
+register_with_webdataset()  # shard URLs (s3://) stream through fsspec, in DataLoader workers too
 
 log = logging.getLogger("pretrain.data")
 
@@ -146,13 +149,13 @@ def check_shards(shard_dir: str | Path, split: str, sha256: bool = False) -> Sha
 
     A shard that fails is left out (logged at WARNING with the reason); the caller decides whether the loss
     is acceptable (`lost_fraction`)."""
-    shard_dir = Path(shard_dir)
+    shard_dir = local_or_url(shard_dir)
     entries = [s for s in load_index(shard_dir)["shards"] if s["split"] == split]
     if not entries:
         raise ValueError(f"{shard_dir}: no shards for split {split!r}")
     urls, expected, left_out = [], {}, {}
     for entry in entries:
-        path = shard_dir / entry["name"]
+        path = join(shard_dir, entry["name"])
         expected[str(path)] = int(entry["samples"])
         problem = _shard_problem(path, entry, sha256)
         if problem is None:
@@ -163,7 +166,9 @@ def check_shards(shard_dir: str | Path, split: str, sha256: bool = False) -> Sha
     return ShardCheck(str(shard_dir), tuple(urls), expected, left_out, sum(expected.values()))
 
 
-def _shard_problem(path: Path, entry: dict, sha256: bool) -> str | None:
+def _shard_problem(path: Path | str, entry: dict, sha256: bool) -> str | None:
+    if is_url(path):
+        return _object_problem(str(path), entry, sha256)
     try:
         stat = os.stat(path)
     except OSError as exc:
@@ -171,6 +176,19 @@ def _shard_problem(path: Path, entry: dict, sha256: bool) -> str | None:
     if stat.st_size != entry["bytes"]:
         return f"{stat.st_size} bytes, index.json says {entry['bytes']} (truncated or replaced)"
     if sha256 and _sha256(str(path), stat.st_size, stat.st_mtime_ns) != entry["sha256"]:
+        return "sha256 differs from index.json (the bytes changed)"
+    return None
+
+
+def _object_problem(url: str, entry: dict, sha256: bool) -> str | None:
+    """_shard_problem for an object (no mtime to key a hash cache on: data.verify_sha256 reads it each time)."""
+    try:
+        got = size(url)
+    except (OSError, ValueError) as exc:  # FileNotFoundError, StorageError
+        return f"cannot be read: {exc}"
+    if got != entry["bytes"]:
+        return f"{got} bytes, index.json says {entry['bytes']} (truncated or replaced)"
+    if sha256 and stream_sha256(url) != entry["sha256"]:
         return "sha256 differs from index.json (the bytes changed)"
     return None
 

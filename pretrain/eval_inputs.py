@@ -25,9 +25,10 @@ class EvalInputError(ValueError):
 def shard_urls_or_fail(shard_dir: str | Path, split: str) -> list[str]:
     """The shard files of one split, in index order; EvalInputError if the set is unreadable or has none."""
     from shards.index import shard_urls
+    from shards.storage import local_or_url
 
     try:
-        urls = shard_urls(Path(shard_dir), split)
+        urls = shard_urls(local_or_url(shard_dir), split)
     except (OSError, ValueError) as err:
         raise EvalInputError(str(err)) from None
     if not urls:
@@ -38,6 +39,10 @@ def shard_urls_or_fail(shard_dir: str | Path, split: str) -> list[str]:
 def shard_metadata(shard_dir: str | Path, split: str) -> dict[str, dict]:
     """key -> sample json (+ `has_caption`), read from the json/txt members only (no image decoding)."""
     import webdataset as wds
+
+    from shards.storage import register_with_webdataset
+
+    register_with_webdataset()  # s3:// shard URLs
 
     keep = lambda name: name.rsplit(".", 1)[-1] in ("json", "txt")  # noqa: E731
     pipeline = wds.DataPipeline(wds.SimpleShardList(shard_urls_or_fail(shard_dir, split)),

@@ -70,7 +70,11 @@ class RunConfig:
     save_every: int = 50
     """Save a checkpoint every this many steps (and always at the last step); 0 saves only at the end."""
     resume: str = "auto"
-    """auto: continue from RUN_DIR/checkpoints/latest if present; none: start fresh; or a checkpoint path."""
+    """auto: continue from RUN_DIR/checkpoints/latest if present (else from run.remote's newest complete
+    checkpoint, if set); none: start fresh; or a checkpoint path."""
+    remote: str | None = None
+    """Object storage prefix (s3://bucket/prefix/run) that every complete checkpoint is uploaded to, with the
+    run's config.yaml; its `latest` moves only after the tag's last file. Credentials as for shard sets."""
     save_initial: bool = False
     """A run that starts fresh also saves step 0, the weights before any update (e.g. to export or evaluate
     what model.init_from loaded)."""
@@ -178,7 +182,7 @@ class TrainingLoop:
         self.engine, self.optimizer, self.run_cfg = engine, optimizer, run
         self.run_dir = Path(run.dir)
         self.rank, self.world_size = rank_world()
-        state = load_checkpoint(engine, self.run_dir, run.resume)
+        state = load_checkpoint(engine, self.run_dir, run.resume, run.remote)
         self.resumed = state is not None
         self.start_step = int(state["step"]) if state else 0
 
@@ -288,6 +292,6 @@ class TrainingLoop:
         window.reset()
 
     def _checkpoint(self, step: int, hook: CheckpointHook | None) -> None:
-        path = save_checkpoint(self.engine, self.run_dir, step)
+        path = save_checkpoint(self.engine, self.run_dir, step, remote=self.run_cfg.remote)
         if hook is not None:
             hook(step, path)

@@ -3,12 +3,12 @@
     check_train_inputs(cfg)   # PreflightError: "--run.dir runs/x: exists and is a file, not a folder"
 
 pretrain.config_checks refuses values that make no sense anywhere; this module asks whether this machine can
-carry them out: the run folder can be written, the shard sets exist and have the split, the objective accepts
-its options, model.init_from is a complete safetensors file or a run with a checkpoint. Every answer is cheap
-(index files, headers, no image, no model), so a typo costs a second instead of a model build and a DeepSpeed
-start. Each message
-names the option it is about. `retina-pretrain train` runs it (on every rank under a launcher); the Ray
-launcher does not, as its workers may see other disks than the node that submits.
+carry them out: the run folder can be written, run.remote's bucket answers, the shard sets exist and have the
+split, the objective accepts its options, model.init_from is a complete safetensors file or a run with a
+checkpoint. Every answer is cheap (index files, headers, one listing, no image, no model), so a typo costs a
+second instead of a model build and a DeepSpeed start. Each message names the option it is about.
+`retina-pretrain train` runs it (on every rank under a launcher); the Ray launcher does not, as its workers may
+see other disks than the node that submits.
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ from pretrain.init_weights import (HFImportError, is_run_checkpoint, run_checkpo
 from pretrain.objectives import build_objective
 from shards.index import shard_urls
 from shards.output_paths import check_output_dir
+from pretrain.remote_checkpoint import CHECKPOINTS
+from shards.storage import StorageError, join, list_sizes, local_or_url
 
-__all__ = ["PreflightError", "check_shard_set", "check_train_inputs"]
+__all__ = ["PreflightError", "check_remote", "check_shard_set", "check_train_inputs"]
 
 
 class PreflightError(ValueError):
@@ -32,11 +34,19 @@ class PreflightError(ValueError):
 def check_shard_set(folder: str | Path, split: str, option: str) -> None:
     """`folder` is a shard set with at least one shard of `split`."""
     try:
-        urls = shard_urls(Path(folder), split)
+        urls = shard_urls(local_or_url(folder), split)
     except (OSError, ValueError) as err:  # no or unreadable index.json
         raise PreflightError(f"{option}: {err}") from None
     if not urls:
         raise PreflightError(f"{option}: {folder} has no shards for split {split!r} (data.split)")
+
+
+def check_remote(remote: str) -> None:
+    """run.remote can be listed: the bucket exists, credentials and endpoint work (one listing request)."""
+    try:
+        list_sizes(str(join(remote, CHECKPOINTS)))
+    except StorageError as err:
+        raise PreflightError(f"--run.remote: {err}") from None
 
 
 def check_train_inputs(cfg: Any) -> None:
@@ -46,6 +56,8 @@ def check_train_inputs(cfg: Any) -> None:
         cfg.data.validate()
     except ValueError as err:
         raise PreflightError(str(err)) from None
+    if cfg.run.remote:
+        check_remote(cfg.run.remote)
     for name in ("public", "elite"):
         if (folder := getattr(cfg.data, name)) is not None:
             check_shard_set(folder, cfg.data.split, f"--data.{name}")

@@ -107,12 +107,13 @@ class TextPretrainConfig:
 def _shard_captions(shard_dir: str | Path, split: str) -> Iterable[str]:
     """The `txt` members of one split's shards, in index order; nothing else in the tars is read."""
     from shards.index import shard_urls
+    from shards.storage import local_or_url, opened
 
-    urls = shard_urls(Path(shard_dir), split)
+    urls = shard_urls(local_or_url(shard_dir), split)
     if not urls:
         raise ValueError(f"corpus.shards: {shard_dir} has no shards for split {split!r}")
     for url in urls:
-        with tarfile.open(url) as tar:
+        with opened(url) as fh, tarfile.open(fileobj=fh, mode="r|") as tar:  # a stream: local or s3://
             for member in tar:
                 if member.isfile() and member.name.endswith(".txt"):
                     handle = tar.extractfile(member)

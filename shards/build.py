@@ -9,7 +9,8 @@ Stages (each deterministic, so a rerun after a crash plans exactly the same shar
   5. build shards in a process pool; a shard is written atomically, then a marker
      DIR/.build/<shard>.json; a rerun skips shards whose marker, plan digest and sha256 agree;
   6. write rejects.jsonl, duplicates.jsonl and index.json.
-DIR must be missing, empty or one of our shard sets (shards.out_folder); any other folder is refused untouched.
+An `s3://` (any fsspec URL) --out builds the same way in a local staging folder and uploads as it goes
+(shards.remote_build). DIR must be missing, empty or one of our shard sets (shards.out_folder); any other folder is refused untouched.
 Always: rows read = written + rejected + duplicates.
 """
 
@@ -22,6 +23,7 @@ import os
 import re
 import sys
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,6 +39,7 @@ from shards.out_folder import claim_out_folder
 from shards.printable import printable_text
 from shards.readers import SourceSpec, read_source
 from shards.records import Record, Reject
+from shards.storage import is_url
 from shards.tarshard import file_sha256, write_shard
 
 log = logging.getLogger(__name__)
@@ -49,7 +52,7 @@ CHUNK = 16  # images per pool job: large enough to amortise IPC, small enough to
 class BuildConfig:
     """What a shard build does. Everything but `workers` and `progress` decides the output bytes."""
 
-    out: Path
+    out: Path | str  # a folder, or a URL (s3://bucket/prefix: shards.remote_build)
     sources: list[str]
     shard_size: int = 1000
     image_size: int = 0  # 0 keeps the original size; else the side of the square canvas
@@ -244,14 +247,22 @@ def _duplicate(rec: Record, first: Record, why: str) -> dict:
             "duplicate_of": {"source": first.source, "line": first.line, "path": first.path}}
 
 
+Reusable = Callable[[str, str], "dict | None"]  # (shard name, plan digest) -> marker of a shard already done
+Publish = Callable[[dict], None]  # called with each new shard's marker once the shard and marker are written
+
+
 def run_shards(tasks: list[ShardTask], out: Path, options: ImageOptions, pool: Executor | None,
-               workers: int, progress: bool) -> list[dict]:
+               workers: int, progress: bool, reusable: Reusable | None = None,
+               publish: Publish | None = None) -> list[dict]:
     """Build the shards not already done. Images are prepared in the pool in chunks (so parallelism
-    does not depend on the number of shards); shards are written here, in order, a few shards ahead."""
+    does not depend on the number of shards); shards are written here, in order, a few shards ahead.
+    `reusable` and `publish` default to DIR itself; a remote build checks and uploads instead."""
+    reusable = reusable or (lambda name, digest: reusable_marker(out, name, digest))
+    publish = publish or (lambda marker: None)
     results: dict[str, dict] = {}
     todo = []
     for task in tasks:
-        marker = reusable_marker(out, task.name, task.digest)
+        marker = reusable(task.name, task.digest)
         if marker:
             results[task.name] = marker
         else:
@@ -274,18 +285,20 @@ def run_shards(tasks: list[ShardTask], out: Path, options: ImageOptions, pool: E
         in_flight.append((task, submit(task)))
         # keep every worker busy, but hold at most a few shards of images in memory
         while in_flight and (sum(len(c) for _, c in in_flight) >= 4 * workers or len(in_flight) > 8):
-            results.update(_collect(in_flight.popleft(), out, bar))
+            results.update(_collect(in_flight.popleft(), out, bar, publish))
     while in_flight:
-        results.update(_collect(in_flight.popleft(), out, bar))
+        results.update(_collect(in_flight.popleft(), out, bar, publish))
     bar.close()
     return [results[t.name] for t in tasks]
 
 
-def _collect(entry: tuple[ShardTask, list], out: Path, bar: tqdm) -> dict[str, dict]:
+def _collect(entry: tuple[ShardTask, list], out: Path, bar: tqdm, publish: Publish) -> dict[str, dict]:
     task, chunks = entry
     prepared = [item for chunk in chunks for item in (chunk.result() if isinstance(chunk, Future) else chunk)]
     bar.update(len(task.samples))
-    return {task.name: finish_shard(task, out, prepared)}
+    marker = finish_shard(task, out, prepared)
+    publish(marker)
+    return {task.name: marker}
 
 
 def remove_stale(out: Path, keep: set[str]) -> None:
@@ -301,6 +314,10 @@ def remove_stale(out: Path, keep: set[str]) -> None:
 def build(cfg: BuildConfig) -> dict:
     """Run a build (or finish an interrupted one) and return the index it wrote."""
     cfg.validate()
+    if is_url(cfg.out):
+        from shards.remote_build import build_remote
+
+        return build_remote(cfg)
     claim_out_folder(cfg.out)  # a folder that is not one of our shard sets is refused, nothing deleted
     pool = ProcessPoolExecutor(max_workers=cfg.workers) if cfg.workers > 1 else None
     try:
@@ -314,15 +331,17 @@ def build(cfg: BuildConfig) -> dict:
     return finish_build(cfg, plan, shards)
 
 
-def finish_build(cfg: BuildConfig, plan: Plan, shards: list[dict]) -> dict:
+def finish_build(cfg: BuildConfig, plan: Plan, shards: list[dict], folder: Path | None = None) -> dict:
     """index.json, rejects.jsonl and duplicates.jsonl from the plan and the written shards' markers (in plan
-    order); shared by the local builder and cluster.shards_job, so both write the same files."""
+    order); shared by the local builder, the remote one (into its staging `folder`) and cluster.shards_job,
+    so all write the same files."""
+    folder = Path(cfg.out) if folder is None else folder
     rejects = plan.rejects + [r for s in shards for r in s["rejects"]]
     index = shard_index.make_index(cfg.as_json(), plan.sources, shards, plan.rows_read, rejects,
                                    plan.duplicates, load_knowledge().vocabulary)
-    shard_index.write_jsonl_atomic(cfg.out / "rejects.jsonl", rejects)
-    shard_index.write_jsonl_atomic(cfg.out / "duplicates.jsonl", plan.duplicates)
-    shard_index.write_json_atomic(cfg.out / "index.json", index)
+    shard_index.write_jsonl_atomic(folder / "rejects.jsonl", rejects)
+    shard_index.write_jsonl_atomic(folder / "duplicates.jsonl", plan.duplicates)
+    shard_index.write_json_atomic(folder / "index.json", index)
     _log_summary(index, rejects)
     return index
 

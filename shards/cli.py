@@ -13,11 +13,14 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from shards.commandline import Command, parse_command, subcommand_parser
 from shards.images import DEFAULT_MAX_PIXELS
 from shards.readers.table import SourceError
+
+if TYPE_CHECKING:
+    from shards.remote_read import LocalCopy
 
 __all__ = ["BuildArgs", "COMMANDS", "build_config", "main", "parser", "run"]
 
@@ -54,8 +57,8 @@ class RenderArgs:
 
 @dataclass
 class BuildArgs:
-    out: Path
-    """Shard set folder (index.json, *.tar)."""
+    out: str
+    """Shard set folder (index.json, *.tar), or s3://bucket/prefix (credentials and AWS_ENDPOINT_URL: README)."""
     source: list[str]
     """KIND:PATH[:IMAGE_ROOT] with KIND flair | captions | mm-retinal | manifest; repeat for several sources."""
     shard_size: int = 1000
@@ -78,8 +81,8 @@ class BuildArgs:
 
 @dataclass
 class DirArgs:
-    dir: Path
-    """Shard set folder."""
+    dir: str
+    """Shard set folder, or s3://bucket/prefix."""
 
 
 @dataclass
@@ -120,12 +123,14 @@ def build_config(args: BuildArgs, progress: bool) -> Any:
     """The shards.build.BuildConfig of `build` options (shared with `retina-cluster shards`)."""
     from shards.build import BuildConfig
 
-    return BuildConfig(out=args.out, sources=list(args.source), shard_size=args.shard_size,
+    from shards.storage import local_or_url
+
+    return BuildConfig(out=local_or_url(args.out), sources=list(args.source), shard_size=args.shard_size,
                        image_size=args.image_size, image_format=args.format, max_pixels=args.max_pixels,
                        split=args.split, order=args.order, seed=args.seed, workers=args.workers, progress=progress)
 
 
-def build_summary(out: Path, totals: dict[str, int]) -> str:
+def build_summary(out: str | Path, totals: dict[str, int]) -> str:
     return (f"{out}: rows read {totals['rows_read']} = written {totals['written']} + rejected {totals['rejected']} "
             f"+ duplicates {totals['duplicates']}")
 
@@ -161,46 +166,56 @@ def run(command: str, args: Any, progress: bool) -> int:
         from shards.build import build
 
         print(build_summary(args.out, build(build_config(args, progress))["totals"]))
-    elif command == "verify":
-        from shards.verify import verify
+    elif command in ("verify", "inspect", "stats"):
+        from shards.remote_read import local_copy
 
-        problems = verify(args.dir, progress=progress)
-        for problem in problems:
-            print(problem)
-        print(f"{args.dir}: {'FAILED, ' + str(len(problems)) + ' problem(s)' if problems else 'OK'}")
-        return 1 if problems else 0
-    elif command == "inspect":
-        return inspect_samples(args)
-    elif command == "stats":
-        from shards.summary import compute_stats, format_stats, plot_stats
-
-        stats = compute_stats(args.dir)
-        print(json.dumps(stats, indent=1) if args.json else format_stats(stats))
-        if args.plot:
-            plot_stats(stats, args.plot)
-            print(f"plot written to {args.plot}")
-        return report_problems(command, args.dir, stats["problems"], f"counted {stats['samples']} readable sample(s)")
+        with local_copy(args.dir) as copy:  # a remote set is read from a temporary copy
+            return read_command(command, args, copy, progress)
     return 0
 
 
-def inspect_samples(args: InspectArgs) -> int:
+def read_command(command: str, args: Any, copy: LocalCopy, progress: bool) -> int:
+    """verify, inspect or stats on the folder copy.folder; messages name copy.shown."""
+    if command == "verify":
+        from shards.verify import verify
+
+        problems = [copy.name(p) for p in verify(copy.folder, progress=progress)]
+        for problem in problems:
+            print(problem)
+        print(f"{copy.shown}: {'FAILED, ' + str(len(problems)) + ' problem(s)' if problems else 'OK'}")
+        return 1 if problems else 0
+    if command == "inspect":
+        return inspect_samples(args, copy)
+    from shards.summary import compute_stats, format_stats, plot_stats
+
+    stats = compute_stats(copy.folder)
+    stats["problems"] = [copy.name(p) for p in stats["problems"]]
+    print(json.dumps(stats, indent=1) if args.json else format_stats(stats))
+    if args.plot:
+        plot_stats(stats, args.plot)
+        print(f"plot written to {args.plot}")
+    return report_problems(command, copy.shown, stats["problems"], f"counted {stats['samples']} readable sample(s)")
+
+
+def inspect_samples(args: InspectArgs, copy: LocalCopy) -> int:
     """Print up to --num samples; a damaged shard or sample is reported and skipped (exit 1)."""
     from shards.summary import SampleError, describe, iter_samples
 
     problems: list[str] = []
     shown = 0
-    for shard, sample in iter_samples(args.dir, args.split, problems):
+    for shard, sample in iter_samples(copy.folder, args.split, problems):
         if shown >= args.num:
             break
         try:
-            print(describe(shard, sample, path=args.dir / shard))
+            print(describe(shard, sample, path=copy.folder / shard))
             shown += 1
         except SampleError as exc:
             problems.append(str(exc))
-    return report_problems("inspect", args.dir, problems, f"showed {shown} readable sample(s)")
+    return report_problems("inspect", copy.shown, [copy.name(p) for p in problems],
+                           f"showed {shown} readable sample(s)")
 
 
-def report_problems(command: str, folder: Path, problems: list[str], done: str) -> int:
+def report_problems(command: str, folder: str | Path, problems: list[str], done: str) -> int:
     """One stderr line per problem, then one line saying what could still be read; 1 if there were any."""
     for problem in problems:
         print(f"retina-shards {command}: {problem}", file=sys.stderr)
@@ -217,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         return run(command, args, progress=not quiet)
-    except (SourceError, ValueError, FileNotFoundError) as exc:
+    except (SourceError, ValueError, FileNotFoundError) as exc:  # StorageError is a ValueError
         print(f"retina-shards {command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 from shards.atomic import atomic_write
+from shards.storage import is_url, join, read_bytes
 
 INDEX_FORMAT = "retinascale-shards"
 INDEX_VERSION = 1
@@ -68,10 +69,11 @@ def make_index(build_config: dict, sources: list[dict], shards: list[dict], rows
     }
 
 
-def load_index(out: Path) -> dict:
-    path = out / "index.json"
+def load_index(out: Path | str) -> dict:
+    """The index.json of a shard set folder or URL (s3://bucket/prefix)."""
+    path = join(out, "index.json")
     try:
-        index = json.loads(path.read_text(encoding="utf-8"))
+        index = json.loads(read_bytes(path) if is_url(out) else Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no index.json (is {out} a shard set built by retina-shards build?)") from None
     except json.JSONDecodeError as exc:
@@ -81,7 +83,7 @@ def load_index(out: Path) -> dict:
     return index
 
 
-def shard_urls(out: Path, split: str | None = None) -> list[str]:
-    """Paths of the shards of one split (or all), in index order, for webdataset."""
+def shard_urls(out: Path | str, split: str | None = None) -> list[str]:
+    """Paths (or URLs) of the shards of one split (or all), in index order, for webdataset."""
     index = load_index(out)
-    return [str(out / s["name"]) for s in index["shards"] if split is None or s["split"] == split]
+    return [str(join(out, s["name"])) for s in index["shards"] if split is None or s["split"] == split]

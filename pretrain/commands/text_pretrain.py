@@ -12,12 +12,15 @@ def cli_main(argv: list[str]) -> int:
 
     from pretrain import text_pretrain as stage1
     from pretrain.config import parse_cli
+    from pretrain.preflight import check_remote
     from pretrain.run_lock import RunLocked
     from shards.output_paths import check_output_dir
 
     cfg, _ = parse_cli(stage1.TextPretrainConfig, argv, prog=PROG, description=stage1.__doc__)
     try:
         check_output_dir(cfg.run.dir, "--run.dir")
+        if cfg.run.remote:
+            check_remote(cfg.run.remote)  # as `train`: a missing bucket before the text tower is built
         if cfg.out is not None:
             check_output_dir(cfg.out, "--out")
         stage1.text_pretrain(cfg)

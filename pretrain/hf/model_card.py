@@ -12,10 +12,11 @@ __all__ = ["last_metrics", "model_card"]
 def _index_summary(shard_dir: Any) -> str:
     if not shard_dir:
         return "none"
-    index = Path(str(shard_dir)) / "index.json"
+    from shards.storage import join, read_bytes
+
     try:
-        data = json.loads(index.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(read_bytes(join(shard_dir, "index.json")))  # a folder or an s3:// URL
+    except (OSError, ValueError):  # missing, unreadable (StorageError is a ValueError), not JSON
         return f"`{Path(str(shard_dir)).name}` (index.json not available at export time)"
     shards = data.get("shards") or []
     total = data.get("total_samples") or data.get("num_samples")
