@@ -9,8 +9,8 @@ Stages (each deterministic, so a rerun after a crash plans exactly the same shar
   5. build shards in a process pool; a shard is written atomically, then a marker
      DIR/.build/<shard>.json; a rerun skips shards whose marker, plan digest and sha256 agree;
   6. write rejects.jsonl, duplicates.jsonl and index.json.
-An `s3://` (any fsspec URL) --out builds the same way in a local staging folder and uploads as it goes
-(shards.remote_build). DIR must be missing, empty or one of our shard sets (shards.out_folder); any other folder is refused untouched.
+An `s3://` (any fsspec URL) --out is shards.remote_build's: the same build in a local staging folder, uploaded as it goes
+(`retina-shards build` picks it). DIR must be missing, empty or one of our shard sets (shards.out_folder); any other folder is refused untouched.
 Always: rows read = written + rejected + duplicates.
 """
 
@@ -314,10 +314,9 @@ def remove_stale(out: Path, keep: set[str]) -> None:
 def build(cfg: BuildConfig) -> dict:
     """Run a build (or finish an interrupted one) and return the index it wrote."""
     cfg.validate()
-    if is_url(cfg.out):
-        from shards.remote_build import build_remote
-
-        return build_remote(cfg)
+    if is_url(cfg.out):  # the uploading build wraps this module, so the dispatch lives with the callers
+        raise ValueError(f"--out {cfg.out}: shards.build.build writes folders; shards.remote_build.build_remote "
+                         "builds to a URL")
     claim_out_folder(cfg.out)  # a folder that is not one of our shard sets is refused, nothing deleted
     pool = ProcessPoolExecutor(max_workers=cfg.workers) if cfg.workers > 1 else None
     try:

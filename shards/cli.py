@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from shards.commandline import Command, parse_command, subcommand_parser
 from shards.images import DEFAULT_MAX_PIXELS
 from shards.readers.table import SourceError
+from shards.storage import is_url
 
 if TYPE_CHECKING:
     from shards.remote_read import LocalCopy
@@ -164,8 +165,10 @@ def run(command: str, args: Any, progress: bool) -> int:
         print(f"rendered {count} images under {args.image_root}")
     elif command == "build":
         from shards.build import build
+        from shards.remote_build import build_remote
 
-        print(build_summary(args.out, build(build_config(args, progress))["totals"]))
+        cfg = build_config(args, progress)
+        print(build_summary(args.out, (build_remote if is_url(cfg.out) else build)(cfg)["totals"]))
     elif command in ("verify", "inspect", "stats"):
         from shards.remote_read import local_copy
 

@@ -181,7 +181,8 @@ def s3_tiny_sets(tiny_shards, s3_endpoint) -> dict[str, str]:
     """The session's tiny shard sets, built again straight to object storage."""
     import fsspec
 
-    from shards.build import BuildConfig, build
+    from shards.build import BuildConfig
+    from shards.remote_build import build_remote as build
 
     fsspec.filesystem("s3").mkdir("tiny")
     settings = {"public": {"shard_size": 10}, "elite": {"shard_size": 8, "split": "train=50,val=50"},
