@@ -16,6 +16,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from shards.storage import is_url
+
 __all__ = ["check_data", "check_engine", "check_method", "check_run", "check_train_config"]
 
 
@@ -36,7 +38,7 @@ def check_run(run: Any) -> None:
     _at_least("run.log_every", run.log_every, 0)
     _at_least("run.save_every", run.save_every, 0)
     remote = getattr(run, "remote", None)
-    if remote is not None and "://" not in str(remote):
+    if remote is not None and not is_url(remote):
         raise ValueError(f"run.remote must be an object storage URL (s3://bucket/prefix), got {remote!r}")
 
 

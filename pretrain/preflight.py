@@ -19,9 +19,9 @@ from typing import Any
 from pretrain.init_weights import (HFImportError, is_run_checkpoint, run_checkpoint, safetensors_problem,
                                    weights_file)
 from pretrain.objectives import build_objective
+from pretrain.remote_checkpoint import CHECKPOINTS
 from shards.index import shard_urls
 from shards.output_paths import check_output_dir
-from pretrain.remote_checkpoint import CHECKPOINTS
 from shards.storage import StorageError, join, list_sizes, local_or_url
 
 __all__ = ["PreflightError", "check_remote", "check_shard_set", "check_train_inputs"]
