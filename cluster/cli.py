@@ -1,6 +1,8 @@
 """`retina-cluster` (also `python -m cluster`): a local Ray head, job submission, status, logs, shards, embeddings.
 
     retina-cluster up [--num_cpus 2]                 # Ray head + job server on 127.0.0.1 (token auth on)
+    retina-cluster up --host 10.0.0.1                # a head other machines can join
+    retina-cluster up --join 10.0.0.1:6379 --host 10.0.0.2   # on another machine: a worker node (same token)
     retina-cluster submit --workers 2 -- --config pretrain/configs/demo_cpu.yaml --run.dir runs/ray
     retina-cluster status [JOB_ID]                   # one job, or every job
     retina-cluster logs JOB_ID [--follow]
@@ -45,9 +47,13 @@ class UpArgs:
     client_port: int = local.DEFAULT_CLIENT_PORT
     """Ray client server port."""
     host: str = "127.0.0.1"
-    """Address to bind; anything but 127.0.0.1 exposes the job server to the network."""
+    """This node's address (the head binds GCS, dashboard and job server to it); anything but 127.0.0.1 exposes
+    them to the network, where the auth token protects them."""
     temp_dir: Path | None = None
     """Ray's session folder (keep it short: Ray's unix sockets live there)."""
+    join: str | None = None
+    """Start a worker node joining the head at this GCS address (HOST:PORT) instead of a head; needs the head's
+    auth token (RAY_AUTH_TOKEN, or its token file at RAY_AUTH_TOKEN_PATH / ~/.ray/auth_token)."""
 
 
 @dataclass
@@ -135,7 +141,7 @@ class EmbedArgs:
 
 
 COMMANDS: dict[str, Command] = {
-    "up": Command(UpArgs, "start a one-machine Ray head with the job server, bound to 127.0.0.1"),
+    "up": Command(UpArgs, "start a Ray head with the job server (127.0.0.1 unless --host), or --join a head"),
     "down": Command(DownArgs, "stop the cluster `up` started (only its processes)"),
     "submit": Command(SubmitArgs, "submit a training job: python -m cluster.train_job ... (arguments after --)"),
     "status": Command(StatusArgs, "a job's status (all jobs without JOB_ID)", positional=("job_id",)),
@@ -153,7 +159,10 @@ def parser():
 def _up(args: UpArgs) -> int:
     state = local.up(num_cpus=args.num_cpus, num_gpus=args.num_gpus, port=args.port,
                      dashboard_port=args.dashboard_port, client_port=args.client_port, host=args.host,
-                     temp_dir=args.temp_dir)
+                     temp_dir=args.temp_dir, join=args.join)
+    if args.join:
+        print(f"Ray worker node {state['node_ip']} joined the cluster at {state['joined']}")
+        return 0
     print(f"Ray head up: GCS {state['gcs_address']}, dashboard and job server {state['dashboard_url']}")
     print(f"  export RAY_API_SERVER_ADDRESS={state['dashboard_url']} RAY_AUTH_MODE=token")
     print(f"  auth token: {'$RAY_AUTH_TOKEN' if 'RAY_AUTH_TOKEN' in os.environ else local.token_path()}")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.local import DEFAULT_DASHBOARD_PORT, enable_token_auth, read_state
+from shards.storage import is_url
 
 __all__ = ["EXCLUDES", "client", "entrypoint", "resolve_address", "submit", "wait"]
 
@@ -56,7 +57,7 @@ def absolute_paths(train_args: list[str], base: Path) -> list[str]:
     for key in PATH_KEYS:
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
-        if value and not Path(value).is_absolute():
+        if value and not is_url(value) and not Path(value).is_absolute():
             extra += [f"--{key}", str((base / value).resolve())]
     return list(train_args) + extra
 

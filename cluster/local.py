@@ -1,7 +1,8 @@
-"""A one-machine Ray cluster: `retina-cluster up` / `down`, and the auth token every client needs.
+"""A Ray cluster of our own: `retina-cluster up` / `down`, and the auth token every client needs.
 
-`up` runs `ray start --head` bound to 127.0.0.1 (GCS, dashboard and job server), with Ray's token
-authentication on, and writes a small state file into the cluster's temp folder so `down` stops exactly
+`up` runs `ray start --head` bound to 127.0.0.1 (GCS, dashboard and job server; `--host ADDRESS` for a head
+that other machines join), with Ray's token authentication on; `up --join HEAD:PORT --host ADDRESS` starts a
+worker node of that cluster (it needs the head's token: the same RAY_AUTH_TOKEN or token file), and writes a small state file into the cluster's temp folder so `down` stops exactly
 this cluster (the processes whose command line names that folder) rather than every Ray process of the user
 (which is what `ray stop` does). Some Ray-internal ports (raylet, object manager) listen on all interfaces
 whatever the node address; the token is what protects them.
@@ -80,18 +81,25 @@ def read_state(temp_dir: Path | None = None) -> dict | None:
 
 def up(*, num_cpus: int | None = None, num_gpus: int | None = None, port: int = DEFAULT_GCS_PORT,
        dashboard_port: int = DEFAULT_DASHBOARD_PORT, client_port: int = DEFAULT_CLIENT_PORT,
-       host: str = "127.0.0.1", temp_dir: Path | None = None, extra_env: dict[str, str] | None = None) -> dict:
-    """Start the head node; returns the state written to TEMP_DIR/retina-cluster.json."""
+       host: str = "127.0.0.1", temp_dir: Path | None = None, extra_env: dict[str, str] | None = None,
+       join: str | None = None) -> dict:
+    """Start the head node, or with `join` (the head's GCS HOST:PORT) a worker node of that cluster whose
+    address is `host`; returns the state written to TEMP_DIR/retina-cluster.json."""
     temp_dir = Path(temp_dir or default_temp_dir()).resolve()
     temp_dir.mkdir(parents=True, exist_ok=True)
-    ensure_token()
+    if join:
+        _check_address(join)
+    else:
+        ensure_token()
     env = {**os.environ, "RAY_AUTH_MODE": "token", **(extra_env or {})}
     # `python` in a job's entrypoint must be this environment's interpreter, whatever the caller's PATH.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    cmd = [_ray_executable(), "start", "--head", "--node-ip-address", host, "--port", str(port),
-           "--dashboard-host", host, "--dashboard-port", str(dashboard_port), "--include-dashboard", "true",
-           "--ray-client-server-port", str(client_port), "--temp-dir", str(temp_dir),
-           "--disable-usage-stats"]
+    cmd = [_ray_executable(), "start", "--node-ip-address", host, "--temp-dir", str(temp_dir), "--disable-usage-stats"]
+    if join:
+        cmd += ["--address", join]
+    else:
+        cmd += ["--head", "--port", str(port), "--dashboard-host", host, "--dashboard-port", str(dashboard_port),
+                "--include-dashboard", "true", "--ray-client-server-port", str(client_port)]
     if num_cpus is not None:
         cmd += ["--num-cpus", str(num_cpus)]
     if num_gpus is not None:
@@ -99,12 +107,26 @@ def up(*, num_cpus: int | None = None, num_gpus: int | None = None, port: int = 
     result = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"ray start failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    state = {"gcs_address": f"{host}:{port}", "gcs_port": port, "dashboard_url": f"http://{host}:{dashboard_port}",
-             "temp_dir": str(temp_dir), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    _wait_for_job_server(state["dashboard_url"])
-    _wait_for_job_agent(state["gcs_address"])
+    if join:
+        state = {"joined": join, "node_ip": host, "temp_dir": str(temp_dir)}
+    else:
+        state = {"gcs_address": f"{host}:{port}", "gcs_port": port, "dashboard_url": f"http://{host}:{dashboard_port}",
+                 "temp_dir": str(temp_dir)}
+        _wait_for_job_server(state["dashboard_url"])
+        _wait_for_job_agent(state["gcs_address"])
+    state["started"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     (temp_dir / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
     return state
+
+
+def _check_address(address: str) -> None:
+    """A worker joins with the head's token: say so before Ray fails with an authentication error."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--join {address!r}: expected the head's GCS address HOST:PORT (e.g. 10.0.0.1:6379)")
+    if not os.environ.get("RAY_AUTH_TOKEN") and not token_path().is_file():
+        raise FileNotFoundError(f"no auth token to join {address} with: copy the head's token file to {token_path()} "
+                                "(or set RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH)")
 
 
 def _wait_for_job_server(url: str, timeout: float = 60.0) -> None:

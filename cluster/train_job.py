@@ -9,11 +9,15 @@ on GPU) and sets RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR, so `pretrain.engine.ini
 initialised and DeepSpeed joins it. Every worker runs the ordinary `pretrain.train.train`; its data streams are
 split by the torch rank, which is Ray's world rank (checked below).
 
-Storage and fault tolerance: `run.dir` is the Ray Train run folder (storage_path = its parent, name = its
-name), so DeepSpeed's checkpoints under RUN_DIR/checkpoints are on the run's storage and are reported to Ray
-in place (no copy). With `FailureConfig(max_failures)`, when a worker dies Ray restarts the whole worker group
-and every worker calls `train` again, which resumes from RUN_DIR/checkpoints/latest, the newest COMPLETE
-checkpoint (pretrain.checkpoint writes `latest` only after every rank's files are on disk).
+Storage and fault tolerance: without `run.remote`, `run.dir` is the Ray Train run folder (storage_path = its
+parent, name = its name), so DeepSpeed's checkpoints under RUN_DIR/checkpoints are on the run's storage and are
+reported to Ray in place (no copy); on several machines it must be storage every node mounts. With `run.remote`
+(object storage, e.g. s3://bucket/runs/x) Ray Train's storage_path is that prefix (its run state goes to
+REMOTE/ray-train/), every complete checkpoint is uploaded by the training itself (pretrain.remote_checkpoint;
+from each machine's own folder when run.dir is not shared: pretrain.spread_checkpoint) and only metrics are
+reported to Ray. With `FailureConfig(max_failures)`, when a worker dies Ray restarts the whole worker group
+and every worker calls `train` again, which resumes (run.resume auto) from RUN_DIR/checkpoints/latest or, with
+run.remote, the newest COMPLETE remote checkpoint (`latest` is written only after every rank's files are).
 
 Data policy on resume: model, optimizer, scheduler and RNG states come back exactly, and the step count
 continues from the checkpoint's step. The data streams are not replayed: they are reseeded by the resume step
@@ -32,8 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from pretrain.train import TrainConfig  # imports no DeepSpeed: train_worker still picks its accelerator first
+from shards.storage import is_url
 
-__all__ = ["TrainJobArgs", "main", "parse_args", "train_worker"]
+__all__ = ["TrainJobArgs", "main", "parse_args", "ray_storage", "train_worker"]
 
 
 @dataclass
@@ -85,11 +90,23 @@ def train_worker(config: dict[str, Any]) -> None:
         cfg.run.resume = "auto"  # a restart after a failure always continues from the newest checkpoint
 
     def report(step: int, path: Path) -> None:
-        # Called on every rank after a complete checkpoint; the files are already on the run's storage.
+        # Called on every rank after a complete checkpoint; the files are already on the run's storage, or
+        # with run.remote on object storage, where Ray's storage (another filesystem) cannot point at them.
+        if cfg.run.remote:
+            ray.train.report({"step": step})
+            return
         ray.train.report({"step": step}, checkpoint=Checkpoint(str(path)),
                          checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
 
     train(cfg, on_checkpoint=report)
+
+
+def ray_storage(run_dir: Path, remote: str | None) -> dict[str, str]:
+    """RunConfig's name and storage_path: the run folder, or with run.remote Ray's part of that prefix (Ray
+    reaches it through pyarrow, with the same AWS variables and AWS_ENDPOINT_URL as s3fs)."""
+    if remote:
+        return {"name": "ray-train", "storage_path": str(remote).rstrip("/")}
+    return {"name": run_dir.name, "storage_path": str(run_dir.parent)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = Path(cfg.run.dir).resolve()
     cfg.run.dir = str(run_dir)
     for name in ("public", "elite"):
-        if getattr(cfg.data, name):
+        if getattr(cfg.data, name) and not is_url(getattr(cfg.data, name)):  # s3://... stays as it is
             setattr(cfg.data, name, str(Path(getattr(cfg.data, name)).resolve()))
 
     import ray
@@ -116,12 +133,14 @@ def main(argv: list[str] | None = None) -> int:
         train_loop_config={"train_config": to_dict(cfg), "use_gpu": args.use_gpu},
         scaling_config=ScalingConfig(num_workers=args.workers, use_gpu=args.use_gpu,
                                      resources_per_worker=resources),
-        run_config=RunConfig(name=run_dir.name, storage_path=str(run_dir.parent),
+        run_config=RunConfig(**ray_storage(run_dir, cfg.run.remote),
                              failure_config=FailureConfig(max_failures=args.max_failures)),
     )
     result = trainer.fit()  # raises once the failures exceed max_failures
     checkpoint = result.checkpoint.path if result.checkpoint else None
-    print(f"training finished: step {result.metrics.get('step')} | checkpoint {checkpoint}", flush=True)
+    step = (result.metrics or {}).get("step")  # with run.remote Ray holds no checkpoint (and so no metrics)
+    where = checkpoint or (f"{cfg.run.remote}/checkpoints" if cfg.run.remote else None)
+    print(f"training finished: step {step} | checkpoint {where}", flush=True)
     return 0
 
 

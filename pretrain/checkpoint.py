@@ -10,7 +10,8 @@ rename, fsync the folder), after a barrier that follows every rank's save, so `l
 finished checkpoint. Before `latest` moves, rank 0 writes the tag's manifest.json (size and sha256 of every
 file; pretrain.checkpoint_files). With `run.remote` set, rank 0 then uploads the tag and moves the remote `latest`
 (pretrain.remote_checkpoint), and `run.resume: auto` on a run folder without checkpoints fetches the newest
-complete remote tag first.
+complete remote tag first. Ranks on machines without a shared run folder each write their part into their own
+folder; the tag is then complete only on run.remote (pretrain.spread_checkpoint, pretrain.folder_groups).
 
 Resuming never trusts a file: the tag is verified first (manifest, then every *.pt read with
 torch.load(weights_only=True) and a three-class allow-list) and only then handed to DeepSpeed, whose own loader
@@ -36,7 +37,9 @@ import torch.distributed as dist
 from pretrain.checkpoint_files import CheckpointError, verify_checkpoint, write_manifest
 from pretrain.config import save_config
 from pretrain.engine import parameters_finite
+from pretrain.folder_groups import shares_one_folder
 from pretrain.remote_checkpoint import CHECKPOINTS, fetch_checkpoint, push_checkpoint
+from pretrain.spread_checkpoint import publish_spread, resolve_spread
 from shards.atomic import atomic_write
 
 __all__ = ["CHECKPOINT_DIR", "CheckpointError", "find_run_config", "get_rng_state", "load_checkpoint",
@@ -103,16 +106,20 @@ def save_run_config(run_dir: str | Path, config: Any) -> None:
 
 
 def save_checkpoint(engine: Any, run_dir: str | Path, step: int, extra: dict[str, Any] | None = None,
-                    remote: str | None = None) -> Path:
+                    remote: str | None = None, leaders: list[int] | None = None) -> Path:
     """Save the engine (module, optimizer, scheduler) as tag step{step:08d}; call on ALL ranks.
 
     Returns the checkpoint's folder. `extra` goes into client_state beside the step and RNG states. With
-    `remote` (run.remote), the complete tag is uploaded there; a failed upload is a CheckpointError on every rank."""
+    `remote` (run.remote), the complete tag is uploaded there; a failed upload is a CheckpointError on every rank.
+    `leaders` (pretrain.folder_groups): ranks on several run folders upload their parts (spread_checkpoint)."""
     save_dir = Path(run_dir) / CHECKPOINT_DIR
     tag = step_tag(step)
     client_state = {**(extra or {}), "step": step, "rng": _all_rng_states()}
     engine.save_checkpoint(str(save_dir), tag=tag, client_state=client_state, save_latest=False)
     _barrier()  # every rank's shards are on disk before the manifest lists them and `latest` names them
+    if leaders is not None and not shares_one_folder(leaders):
+        publish_spread(save_dir / tag, remote, leaders)
+        return save_dir / tag
 
     def publish() -> None:
         write_manifest(save_dir / tag)
@@ -211,12 +218,16 @@ def _decided_on_rank0(decide: Any) -> Any:
 
 
 def load_checkpoint(engine: Any, run_dir: str | Path, resume: str | Path | None = "auto",
-                    remote: str | None = None) -> dict[str, Any] | None:
+                    remote: str | None = None, leaders: list[int] | None = None) -> dict[str, Any] | None:
     """Load module, optimizer and scheduler states into `engine` and restore this rank's RNG states; call on ALL
     ranks after build_engine. Returns the client_state (step, extras; RNG removed) or None for a fresh start.
     `remote` (run.remote): where resume "auto" looks when the run folder has no checkpoint; rank 0 downloads
-    into the run folder, which the ranks of one machine share."""
-    tag_dir = _decided_on_rank0(lambda: resolve_resume(run_dir, resume, remote))
+    into the run folder, which the ranks of one machine share. `leaders` (pretrain.folder_groups): with several
+    run folders the tag comes from `remote` into each of them (spread_checkpoint)."""
+    if leaders is not None and not shares_one_folder(leaders):
+        tag_dir = resolve_spread(run_dir, None if resume is None else str(resume), remote, leaders)
+    else:
+        tag_dir = _decided_on_rank0(lambda: resolve_resume(run_dir, resume, remote))
     if tag_dir is None:
         return None
     load_dir, tag = tag_dir.parent, tag_dir.name

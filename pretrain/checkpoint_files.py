@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["MANIFEST", "SAFE_DEEPSPEED_GLOBALS", "CheckpointError", "safe_load", "verify_checkpoint",
+__all__ = ["MANIFEST", "SAFE_DEEPSPEED_GLOBALS", "CheckpointError", "file_entry", "safe_load", "verify_checkpoint",
            "write_manifest"]
 
 MANIFEST = "manifest.json"
@@ -83,13 +83,20 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_manifest(tag_dir: str | Path) -> Path:
-    """Record the size and sha256 of every file of the tag (call once, after every rank's files are written)."""
+def file_entry(path: Path) -> dict[str, Any]:
+    """What the manifest records of one file."""
+    return {"size": path.stat().st_size, "sha256": _sha256(path)}
+
+
+def write_manifest(tag_dir: str | Path, files: dict[str, dict[str, Any]] | None = None) -> Path:
+    """Record the size and sha256 of every file of the tag (call once, after every rank's files are written);
+    `files` instead: entries gathered from several folders (ranks on machines without a shared run folder)."""
     from shards.atomic import atomic_write
 
     tag_dir = Path(tag_dir)
-    files = {f.name: {"size": f.stat().st_size, "sha256": _sha256(f)}
-             for f in sorted(tag_dir.iterdir()) if f.is_file() and f.name != MANIFEST}
+    if files is None:
+        files = {f.name: file_entry(f) for f in sorted(tag_dir.iterdir()) if f.is_file() and f.name != MANIFEST}
+    files = dict(sorted(files.items()))
     atomic_write(tag_dir / MANIFEST, json.dumps({"files": files}, indent=1) + "\n")
     return tag_dir / MANIFEST
 

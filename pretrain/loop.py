@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from pretrain.checkpoint import load_checkpoint, save_checkpoint
+from pretrain.folder_groups import folder_leaders, shares_one_folder
 from pretrain.data_loss import DataLossError, describe_losses, lost_fraction, merge
 from pretrain.engine import NonFiniteLoss, parameters_finite, train_step
 
@@ -182,7 +183,13 @@ class TrainingLoop:
         self.engine, self.optimizer, self.run_cfg = engine, optimizer, run
         self.run_dir = Path(run.dir)
         self.rank, self.world_size = rank_world()
-        state = load_checkpoint(engine, self.run_dir, run.resume, run.remote)
+        self.leaders = folder_leaders(self.run_dir)
+        if not shares_one_folder(self.leaders) and not run.remote:
+            apart = sorted(r for r, leader in enumerate(self.leaders) if leader != 0)
+            raise ValueError(f"run.dir {str(self.run_dir)!r} is not one folder shared by every rank (ranks "
+                             f"{apart} see another folder than rank 0): put it on storage every node mounts, or "
+                             "set run.remote (object storage) to hold the complete checkpoints")
+        state = load_checkpoint(engine, self.run_dir, run.resume, run.remote, self.leaders)
         self.resumed = state is not None
         self.start_step = int(state["step"]) if state else 0
 
@@ -292,6 +299,6 @@ class TrainingLoop:
         window.reset()
 
     def _checkpoint(self, step: int, hook: CheckpointHook | None) -> None:
-        path = save_checkpoint(self.engine, self.run_dir, step, remote=self.run_cfg.remote)
+        path = save_checkpoint(self.engine, self.run_dir, step, remote=self.run_cfg.remote, leaders=self.leaders)
         if hook is not None:
             hook(step, path)

@@ -29,7 +29,7 @@ import os
 import shutil
 from pathlib import Path
 
-from pretrain.checkpoint_files import MANIFEST, CheckpointError, verify_checkpoint
+from pretrain.checkpoint_files import MANIFEST, CheckpointError, file_entry, verify_checkpoint
 from shards.atomic import atomic_write
 from shards.storage import StorageError, download, join, list_sizes, read_bytes, remove, upload
 
@@ -45,15 +45,30 @@ def _remote_error(remote: str, err: Exception) -> CheckpointError:
     return CheckpointError(f"--run.remote {remote}: {err}")
 
 
-def push_checkpoint(tag_dir: Path, remote: str) -> None:
+def push_files(tag_dir: Path, remote: str, names: list[str]) -> None:
+    """Upload some files of a local tag, nothing else: the files only this machine's run folder holds, when the
+    ranks' folders are not shared (pretrain.folder_groups); rank 0 uploads the manifest after them."""
+    tag_dir = Path(tag_dir)
+    remote_tag = str(join(join(remote, CHECKPOINTS), tag_dir.name))
+    try:
+        for name in names:
+            upload(tag_dir / name, str(join(remote_tag, name)))
+    except (OSError, StorageError) as err:
+        raise _remote_error(remote, err) from None
+
+
+def push_checkpoint(tag_dir: Path, remote: str, local_files: list[str] | None = None) -> None:
     """Upload a complete local tag (its manifest written, the local `latest` naming it) and then point the remote
-    `latest` at it; the run's config.yaml goes along. Rank 0 only."""
+    `latest` at it; the run's config.yaml goes along. Rank 0 only. `local_files`: upload only these of the files
+    the manifest lists, the others being up already (uploaded by push_files from other machines' folders)."""
     tag_dir = Path(tag_dir)
     run_dir, tag = tag_dir.parent.parent, tag_dir.name
     remote_tag = str(join(join(remote, CHECKPOINTS), tag))
     files = sorted(json.loads((tag_dir / MANIFEST).read_text(encoding="utf-8"))["files"])
+    files = files if local_files is None else sorted(set(files) & set(local_files))
     try:
-        remove(str(join(remote_tag, MANIFEST)))  # a tag saved again is incomplete until its new manifest is up
+        if local_files is None:  # (with several folders the others' files are up already, so is the tag's state)
+            remove(str(join(remote_tag, MANIFEST)))  # a tag saved again is incomplete until its new manifest is up
         for name in files:
             upload(tag_dir / name, str(join(remote_tag, name)))
         upload(tag_dir / MANIFEST, str(join(remote_tag, MANIFEST)))
@@ -80,29 +95,44 @@ def _incomplete(tag: str, objects: dict[str, int], manifest: dict) -> str | None
     return None
 
 
-def _download_tag(remote_tag: str, names: list[str], folder: Path, tag: str) -> Path:
-    """Download into a staging folder beside the tags, verify, rename into place; the verified tag folder."""
+def _same_file(local: Path, want: dict) -> bool:
+    try:
+        return local.is_file() and local.stat().st_size == want.get("size") and file_entry(local) == want
+    except OSError:
+        return False
+
+
+def _download_tag(remote_tag: str, manifest: dict, folder: Path, tag: str) -> Path:
+    """Download into a staging folder beside the tags, verify, rename into place; the verified tag folder. A file
+    the local tag folder already holds as the manifest lists it (this machine's own part of a checkpoint saved
+    by ranks on several machines) is copied instead of downloaded."""
     staging = folder / f".fetch-{tag}"
     shutil.rmtree(staging, ignore_errors=True)  # a fetch cut short before
     staging.mkdir(parents=True)
+    target = folder / tag
     try:
-        for name in names:
-            download(str(join(remote_tag, name)), staging / name)
+        for name, want in sorted(manifest["files"].items()):
+            if _same_file(target / name, want):
+                shutil.copyfile(target / name, staging / name)
+            else:
+                download(str(join(remote_tag, name)), staging / name)
+        download(str(join(remote_tag, MANIFEST)), staging / MANIFEST)
         verify_checkpoint(staging)
     except Exception:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    target = folder / tag
-    if target.exists():  # not named by a local `latest` (there is none): a local save that never finished
-        log.warning("replacing %s, a local checkpoint that never completed, with the remote copy", target)
+    if target.exists():  # a local save that never finished, or this machine's part of a several-folder save
+        log.info("replacing the local copy of %s with the complete remote one", target)
         shutil.rmtree(target)
     os.replace(staging, target)
     return target
 
 
-def fetch_checkpoint(remote: str, folder: Path) -> Path | None:
+def fetch_checkpoint(remote: str, folder: Path, only: str | None = None) -> Path | None:
     """Copy the newest complete remote tag into `folder` (RUN_DIR/checkpoints, which has no `latest`), point the
-    local `latest` at it and return its folder; None (with a warning) when the remote holds none."""
+    local `latest` at it and return its folder; None (with a warning) when the remote holds none. `only`: that
+    tag and no other (the one rank 0 fetched, for the other machines of a run without a shared run folder); a
+    CheckpointError when it is not complete."""
     folder = Path(folder)
     remote_ckpts = str(join(remote, CHECKPOINTS))
     try:
@@ -120,6 +150,8 @@ def fetch_checkpoint(remote: str, folder: Path) -> Path | None:
         log.warning("%s/latest names %s, which holds no object; trying older tags", remote_ckpts, latest)
     for tag in tags:
         url = f"{remote_ckpts}/{tag}"
+        if only is not None and tag != only:
+            continue
         if tag > latest:
             log.warning("skipping %s: newer than the tag `latest` names (%s), an upload that never finished", url,
                         latest)
@@ -138,14 +170,16 @@ def fetch_checkpoint(remote: str, folder: Path) -> Path | None:
             log.warning("skipping %s: %s", url, problem)
             continue
         try:
-            tag_dir = _download_tag(url, [*sorted(manifest["files"]), MANIFEST], folder, tag)
+            tag_dir = _download_tag(url, manifest, folder, tag)
         except CheckpointError as err:
             log.warning("skipping %s: the downloaded copy fails verification: %s", url, err)
             continue
         except (OSError, StorageError) as err:
             raise _remote_error(remote, err) from None
         atomic_write(folder / "latest", tag)
-        log.warning("no local checkpoint: fetched %s from %s", tag, remote_ckpts)
+        log.warning("fetched %s from %s", tag, remote_ckpts)
         return tag_dir
+    if only is not None:
+        raise CheckpointError(f"{remote_ckpts}/{only} is not a complete checkpoint (the warnings above say why)")
     log.warning("%s holds no complete checkpoint; starting fresh", remote_ckpts)
     return None
