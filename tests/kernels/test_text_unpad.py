@@ -113,3 +113,35 @@ def test_unpadded_tokens_match_the_padded_ones_at_real_positions(tokenizer):
 def test_unpad_refuses_flair_pooling():
     with pytest.raises(ValueError, match="unpad does not apply to pooling flair"):
         tiny_tower("flair", "eager", unpad=True)
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "eager", pytest.param("triton", marks=needs_triton)])
+def test_unpadded_caption_decoder_gives_the_padded_loss(tokenizer, backend):
+    from pretrain.caption_decoder import CaptionDecoder
+    from pretrain.objectives.keepfit_v2 import caption_loss
+
+    torch.manual_seed(0)
+    padded = CaptionDecoder(vocab_size=tokenizer.vocab_size, dim=32, depth=2, num_heads=2, max_len=MAX_LEN,
+                            backend="eager", image_dim=24)
+    unpadded = CaptionDecoder(vocab_size=tokenizer.vocab_size, dim=32, depth=2, num_heads=2, max_len=MAX_LEN,
+                              backend=backend, image_dim=24, unpad=True)
+    unpadded.load_state_dict(padded.state_dict())
+    batch = tokens(tokenizer, "dynamic")
+    images = torch.randn(len(CAPTIONS), 7, 24, generator=torch.Generator().manual_seed(2))
+    mask = batch["attention_mask"].bool()
+    with torch.no_grad():
+        want = padded(batch["input_ids"], images, text_padding_mask=batch["attention_mask"])
+        got = unpadded(batch["input_ids"], images, text_padding_mask=batch["attention_mask"])
+    torch.testing.assert_close(got[mask], want[mask], **TOL)
+    assert got[~mask].eq(0).all()
+
+    results = []
+    for decoder in (padded, unpadded):
+        leaf = images.clone().requires_grad_()
+        loss = caption_loss(decoder, leaf, batch["input_ids"], batch["attention_mask"])
+        loss.backward()
+        results.append((loss.detach(), leaf.grad, {n: p.grad for n, p in decoder.named_parameters()}))
+    torch.testing.assert_close(results[1][0], results[0][0], **TOL)
+    torch.testing.assert_close(results[1][1], results[0][1], **GRAD_TOL)
+    for name, grad in results[0][2].items():
+        torch.testing.assert_close(results[1][2][name], grad, **GRAD_TOL, msg=lambda m: f"grad of {name}: {m}")
