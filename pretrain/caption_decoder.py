@@ -120,7 +120,8 @@ class CaptionDecoder(nn.Module):
                         text_padding_mask: torch.Tensor | None, image_padding_mask: torch.Tensor | None
                         ) -> torch.Tensor:
         if image_padding_mask is not None:
-            raise ValueError("the unpadded caption decoder takes no image padding mask (every image keeps its N tokens)")
+            raise ValueError("the unpadded caption decoder takes no image padding mask "
+                             "(every image keeps its N tokens)")
         packed = pack_captions(input_ids, text_padding_mask)
         batch, image_len = image_tokens.shape[:2]
         # caption i cross-attends to image i: its N tokens are rows i * N ... (i + 1) * N of the flattened images
