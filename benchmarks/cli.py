@@ -3,6 +3,7 @@
     retina-bench contrastive [--quick] [--batch 1024 2048] [--dim 512] ...   # see `retina-bench contrastive -h`
     retina-bench attention [--quick] [--shapes vit_b16_224] [--providers sdpa]  # see `retina-bench attention -h`
     retina-bench resources [--families contrastive attention]  # compile-only sm_90a report, no GPU needed
+    retina-bench text-padding [--batch 32]  # text tower fwd+bwd: padded to max_len / dynamic / unpadded
 
 Each benchmark owns its flags (and its `-h`); this module only dispatches to it. The benchmarks live in this
 package; `resources` is the library's own report (`kernels.resources`).
@@ -17,6 +18,7 @@ BENCHMARKS = {
     "contrastive": "symmetric CLIP loss: triton / chunked / eager / open_clip, time and peak memory",
     "attention": "multi-head attention: triton / sdpa / xformers / eager on ViT, text and decoder shapes",
     "resources": "registers, spills, shared memory and wgmma of every Triton kernel config, compiled for sm_90a",
+    "text-padding": "text tower forward + backward: captions padded to max_len, dynamically, or unpadded (varlen)",
 }
 
 
@@ -40,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         from kernels import resources
 
         return resources.main(rest)
+    if args.benchmark == "text-padding":
+        from benchmarks import text_padding
+
+        return text_padding.main(rest)
     from benchmarks import attention
 
     return attention.main(rest)

@@ -9,6 +9,11 @@ Each layer is pre-norm: causal self-attention over the caption (with key padding
 the caption to the image encoder's patch/grid tokens (with an optional image padding mask, e.g. for
 variable-size grids), then an MLP. Padding masks follow `kernels.attention`: True (or 1, as a tokenizer's
 attention_mask) marks a real token.
+
+With unpad=True the captions run packed without padding (pretrain.text_packing): causal self-attention and the
+cross-attention to each caption's own image go through `kernels.attention.attention_varlen`, and the logits come
+back as (B, L, vocab) with zeros at the padding (targets there are ignored by the loss). Same logits at the real
+tokens as the padded path; not with an image padding mask.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from kernels.attention import attention
+from kernels.attention import attention, attention_varlen
+from pretrain.text_packing import PackedCaptions, pack_captions
 
 __all__ = ["CaptionDecoder", "CaptionDecoderConfig", "CaptionDecoderLayer", "build_caption_decoder"]
 
@@ -66,12 +72,27 @@ class CaptionDecoderLayer(nn.Module):
         x = x + self.cross_proj(self.attend(self.cross_q(self.cross_norm(x)), k, v, image_padding_mask))
         return x + self.mlp(self.mlp_norm(x))
 
+    def forward_packed(self, x: torch.Tensor, images: torch.Tensor, packed: PackedCaptions,
+                       cu_images: torch.Tensor, image_len: int) -> torch.Tensor:
+        """x (T, dim) packed caption tokens, images (B * N, image_dim) each caption's image tokens -> (T, dim)."""
+        heads = lambda t: t.unflatten(-1, (self.num_heads, -1))  # noqa: E731  (T, dim) -> (T, H, Dh)
+        cu, longest = packed.cu_seqlens, packed.max_len
+        q, k, v = (heads(t) for t in self.self_qkv(self.self_norm(x)).chunk(3, dim=-1))
+        attended = attention_varlen(q, k, v, cu, cu, longest, longest, causal=True, backend=self.backend)
+        x = x + self.self_proj(attended.flatten(1))
+        k, v = (heads(t) for t in self.cross_kv(images).chunk(2, dim=-1))
+        q = heads(self.cross_q(self.cross_norm(x)))
+        attended = attention_varlen(q, k, v, cu, cu_images, longest, image_len, backend=self.backend)
+        x = x + self.cross_proj(attended.flatten(1))
+        return x + self.mlp(self.mlp_norm(x))
+
 
 class CaptionDecoder(nn.Module):
     def __init__(self, vocab_size: int, dim: int, depth: int, num_heads: int, max_len: int,
-                 backend: str | None = None, image_dim: int | None = None, mlp_ratio: float = 4.0) -> None:
+                 backend: str | None = None, image_dim: int | None = None, mlp_ratio: float = 4.0,
+                 unpad: bool = False) -> None:
         super().__init__()
-        self.max_len, self.num_heads = max_len, num_heads
+        self.max_len, self.num_heads, self.unpad = max_len, num_heads, unpad
         self.token_embed = nn.Embedding(vocab_size, dim)
         self.pos_embed = nn.Parameter(torch.zeros(max_len, dim))
         nn.init.trunc_normal_(self.token_embed.weight, std=0.02)
@@ -88,10 +109,28 @@ class CaptionDecoder(nn.Module):
         seq = input_ids.shape[1]
         if seq > self.max_len:
             raise ValueError(f"caption of {seq} tokens is longer than max_len={self.max_len}")
+        if self.unpad:
+            return self._forward_packed(input_ids, image_tokens, text_padding_mask, image_padding_mask)
         x = self.token_embed(input_ids) + self.pos_embed[:seq]
         for layer in self.layers:
             x = layer(x, image_tokens, text_padding_mask, image_padding_mask)
         return self.lm_head(self.norm(x))
+
+    def _forward_packed(self, input_ids: torch.Tensor, image_tokens: torch.Tensor,
+                        text_padding_mask: torch.Tensor | None, image_padding_mask: torch.Tensor | None
+                        ) -> torch.Tensor:
+        if image_padding_mask is not None:
+            raise ValueError("the unpadded caption decoder takes no image padding mask "
+                             "(every image keeps its N tokens)")
+        packed = pack_captions(input_ids, text_padding_mask)
+        batch, image_len = image_tokens.shape[:2]
+        # caption i cross-attends to image i: its N tokens are rows i * N ... (i + 1) * N of the flattened images
+        cu_images = torch.arange(0, (batch + 1) * image_len, image_len, dtype=torch.int32, device=input_ids.device)
+        x = self.token_embed(packed.input_ids[0]) + self.pos_embed[packed.position_ids[0]]
+        images = image_tokens.flatten(0, 1)
+        for layer in self.layers:
+            x = layer.forward_packed(x, images, packed, cu_images, image_len)
+        return packed.unpack(self.lm_head(self.norm(x)))
 
 
 @dataclass
@@ -108,6 +147,9 @@ class CaptionDecoderConfig:
     """Longest caption (tokens) the decoder reads; null: model.text.max_len."""
     attention_backend: str | None = None
     """kernels.attention backend of the decoder (triton, xformers, sdpa, eager); null lets it choose (sdpa)."""
+    unpad: bool = False
+    """Run the captions packed without padding (kernels.attention.attention_varlen; triton, sdpa or eager): the
+    same loss without computing the pads. No image padding mask."""
 
 
 def build_caption_decoder(cfg: CaptionDecoderConfig, *, vocab_size: int, text_dim: int, text_max_len: int,
@@ -115,4 +157,4 @@ def build_caption_decoder(cfg: CaptionDecoderConfig, *, vocab_size: int, text_di
     """The decoder a ModelConfig asks for, sized from the towers where the config leaves a field null."""
     return CaptionDecoder(vocab_size=vocab_size, dim=cfg.dim or text_dim, depth=cfg.depth, num_heads=cfg.num_heads,
                           max_len=cfg.max_len or text_max_len, backend=cfg.attention_backend, image_dim=image_dim,
-                          mlp_ratio=cfg.mlp_ratio)
+                          mlp_ratio=cfg.mlp_ratio, unpad=cfg.unpad)

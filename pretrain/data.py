@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
+    "Collate",
     "DataConfig",
     "DataLossError",
     "LOSSES",
@@ -59,6 +60,8 @@ __all__ = [
     "keep_member",
     "make_loader",
     "make_stream",
+    "pad_tokens",
+    "text_padding",
     "stable_seed",
     "train_transform",
 ]
@@ -210,17 +213,61 @@ def _rank_worker_seed(rank: int) -> int:
     return stable_seed(rank, _worker_id())
 
 
+PAD_MULTIPLE = 8  # dynamic padding rounds the batch's longest caption up to this (tensor-core friendly shapes)
+TEXT_PADDINGS = ("max_length", "longest", "dynamic")
+
+
+def text_padding(style: str, pooling: str | None) -> str:
+    """How training batches pad their captions, given data.style and the text tower's pooling.
+
+    `dynamic` (the batch's longest caption rounded up to PAD_MULTIPLE, capped at max_text_len) wherever the
+    pads cannot change the result: `cls` and `flair_masked` pooling mask them out of attention and pooling.
+    `flair` pooling averages over every position, pads included (FLAIR's TextModel.forward), so its feature
+    depends on the pad length: it keeps the padding it had (FLAIR's own, the batch's longest caption, under
+    style flair; max_length otherwise). None (pooling unknown) is treated like `flair`: the safe choice.
+    """
+    if pooling is None or pooling == "flair":
+        return "longest" if style == "flair" else "max_length"
+    return "dynamic"
+
+
+def pad_tokens(tokens: dict[str, torch.Tensor], length: int, pad_id: int, side: str = "right") -> dict:
+    """Tokenizer output (B, L) padded on `side` to (B, length): input_ids with pad_id, the rest with 0."""
+    extra = length - tokens["input_ids"].shape[1]
+    if extra <= 0:
+        return tokens
+    widths = (0, extra) if side == "right" else (extra, 0)
+    return {name: torch.nn.functional.pad(t, widths, value=pad_id if name == "input_ids" else 0)
+            for name, t in tokens.items()}
+
+
 class Collate:
-    """List of decoded samples -> dict batch; tokenises the whole batch in one fast-tokenizer call."""
+    """List of decoded samples -> dict batch; tokenises the whole batch in one fast-tokenizer call.
+
+    padding: max_length (every batch max_text_len tokens), longest (the batch's longest caption, FLAIR's), or
+    dynamic (longest rounded up to PAD_MULTIPLE, capped at max_text_len); text_padding says which fits a pooling.
+    """
 
     def __init__(self, tokenizer: Any, max_text_len: int, num_labels: int, padding: str = "max_length"):
+        if padding not in TEXT_PADDINGS:
+            raise ValueError(f"padding must be one of {TEXT_PADDINGS}, got {padding!r}")
         self.tokenizer, self.max_text_len, self.num_labels = tokenizer, max_text_len, num_labels
-        self.padding = padding  # "longest": FLAIR pads to the batch's longest caption, and its pooling sees the pads
+        self.padding = padding
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        padding = "longest" if self.padding == "dynamic" else self.padding
+        tokens = dict(self.tokenizer(texts, padding=padding, truncation=True, max_length=self.max_text_len,
+                                     return_tensors="pt"))
+        if self.padding == "dynamic":
+            # not the tokenizer's pad_to_multiple_of: that rounds past max_length (77 -> 80)
+            longest = tokens["input_ids"].shape[1]
+            target = min(-(-longest // PAD_MULTIPLE) * PAD_MULTIPLE, self.max_text_len)
+            tokens = pad_tokens(tokens, target, self.tokenizer.pad_token_id, self.tokenizer.padding_side)
+        return tokens
 
     def __call__(self, samples: list[dict]) -> dict:
         texts = [s["text"] for s in samples]
-        tokens = self.tokenizer(texts, padding=self.padding, truncation=True, max_length=self.max_text_len,
-                                return_tensors="pt")
+        tokens = self.tokenize(texts)
         multi_hot = torch.zeros(len(samples), self.num_labels, dtype=torch.uint8)
         for row, s in enumerate(samples):
             multi_hot[row, s["labels"]] = 1
@@ -246,8 +293,6 @@ def _vocabulary(shard_dir: str | Path) -> list[str]:
     return list(load_index(local_or_url(shard_dir))["label_vocabulary"])
 
 
-def _padding(cfg: DataConfig) -> str:
-    return "longest" if cfg.style == "flair" else "max_length"
 
 
 def _transform(cfg: DataConfig, augment: bool, scaling: str, crop_foreground: bool = False) -> Callable:
@@ -303,23 +348,26 @@ def _samples(shard_dir: str | Path, split: str, cfg: DataConfig, *, rank: int, w
 
 def make_stream(shard_dir: str | Path, cfg: DataConfig, tokenizer: Any, *, batch_size: int, rank: int = 0,
                 world_size: int = 1, resampled: bool = True, epoch_seed: int = 0,
-                pixel_scaling: str = "clip", augment: bool | None = None) -> wds.DataPipeline:
+                pixel_scaling: str = "clip", augment: bool | None = None,
+                text_pooling: str | None = None) -> wds.DataPipeline:
     """Dict batches from one shard set: infinite and seeded by `epoch_seed` when resampled, else one pass.
-    `augment`: None = cfg.augment."""
+    `augment`: None = cfg.augment; `text_pooling`: the text tower's, which decides the padding (text_padding)."""
     seed = stable_seed(cfg.seed, epoch_seed, Path(shard_dir).name)
     samples = _samples(shard_dir, cfg.split, cfg, rank=rank, world_size=world_size, resampled=resampled,
                        seed=seed, augment=cfg.augment if augment is None else augment, shuffle=True,
                        scaling=pixel_scaling)
-    collate = Collate(tokenizer, cfg.max_text_len, len(_vocabulary(shard_dir)), _padding(cfg))
+    collate = Collate(tokenizer, cfg.max_text_len, len(_vocabulary(shard_dir)), text_padding(cfg.style, text_pooling))
     return wds.DataPipeline(samples, wds.batched(batch_size, collation_fn=collate, partial=not resampled))
 
 
 def make_loader(cfg: DataConfig, tokenizer: Any, rank: int = 0, world_size: int = 1, step: int = 0,
-                pixel_scaling: str = "clip") -> wds.WebLoader:
+                pixel_scaling: str = "clip", text_pooling: str | None = None) -> wds.WebLoader:
     """Training loader for one rank: a dict batch per step (ratio) or a (public, elite) pair (paired).
 
     `step` reseeds every random choice, so a run resumed at step N does not replay the batches of step 0;
-    `pixel_scaling` is the image tower's (model.vision.pixel_scaling).
+    `pixel_scaling` is the image tower's (model.vision.pixel_scaling); `text_pooling` the text tower's
+    (model.text.pooling): cls and flair_masked get dynamically padded captions, flair (and None) the padding
+    its pooling reads (text_padding).
     """
     cfg.validate()
 
@@ -327,7 +375,7 @@ def make_loader(cfg: DataConfig, tokenizer: Any, rank: int = 0, world_size: int 
 
     def stream(shard_dir: str, batch_size: int, augment: bool) -> wds.DataPipeline:
         return make_stream(shard_dir, cfg, tokenizer, batch_size=batch_size, rank=rank, world_size=world_size,
-                           epoch_seed=step, pixel_scaling=pixel_scaling, augment=augment)
+                           epoch_seed=step, pixel_scaling=pixel_scaling, augment=augment, text_pooling=text_pooling)
 
     if cfg.mix == "paired":
         assert cfg.public is not None and cfg.elite is not None
@@ -346,7 +394,8 @@ def make_loader(cfg: DataConfig, tokenizer: Any, rank: int = 0, world_size: int 
                           **kwargs)
         elite = _samples(cfg.elite, cfg.split, cfg, seed=stable_seed(seed, "elite"), augment=elite_augment,
                          **kwargs)
-        collate = Collate(tokenizer, cfg.max_text_len, len(_vocabulary(cfg.public)), _padding(cfg))
+        collate = Collate(tokenizer, cfg.max_text_len, len(_vocabulary(cfg.public)),
+                          text_padding(cfg.style, text_pooling))
         pipeline = wds.DataPipeline(partial(_mix, public, elite, cfg.elite_fraction, stable_seed(seed, rank)),
                                     wds.batched(cfg.batch_size, collation_fn=collate, partial=False))
     # Batching happens inside the pipeline (per worker), so the loader itself must not batch again.
@@ -364,5 +413,6 @@ def eval_dataset(shard_dir: str | Path, split: str, cfg: DataConfig, tokenizer: 
     samples = _samples(shard_dir, split, cfg, rank=0, world_size=1, resampled=False,
                        seed=stable_seed(cfg.seed, "eval"), augment=False, shuffle=False, scaling=pixel_scaling,
                        crop_foreground=crop_foreground)
-    collate = Collate(tokenizer, cfg.max_text_len, len(_vocabulary(shard_dir)), _padding(cfg))
+    # evaluation keeps the fixed padding (text_padding without a pooling): embeddings compare across runs
+    collate = Collate(tokenizer, cfg.max_text_len, len(_vocabulary(shard_dir)), text_padding(cfg.style, None))
     return wds.DataPipeline(samples, wds.batched(cfg.batch_size, collation_fn=collate, partial=True))

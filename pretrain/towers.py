@@ -18,6 +18,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from pretrain.text_packing import PackedCaptions, pack_captions
+
 __all__ = ["OFFLINE_MINILM", "TEXT_POOLINGS", "TextConfig", "TextTower", "VisionConfig", "VisionTower",
            "build_text_tower", "build_vision_tower", "flair_pool", "load_text_model", "offline_minilm_path",
            "resolve_text_path", "text_config"]
@@ -70,7 +72,16 @@ class TextConfig:
     pooling: str = "cls"
     """One feature per caption: `cls` the last layer's [CLS] token; `flair` FLAIR's (and KeepFIT's) mean over ALL
     tokens, padding included, of hidden_states[1], [2] and [-1], then the mean of the three (FLAIR
-    flair/modeling/model.py TextModel.forward); `flair_masked` the same with padding left out of the token mean."""
+    flair/modeling/model.py TextModel.forward); `flair_masked` the same with padding left out of the token mean.
+    Padding: cls and flair_masked never see the pads, so training batches are padded only to their longest
+    caption rounded up to 8 (pretrain.data.text_padding); flair's feature depends on how many pads there are,
+    so it keeps its fixed padding (max_text_len, or FLAIR's batch-longest under data.style flair)."""
+    unpad: bool = False
+    """Run the encoder on the captions packed without padding (one row, position ids restarting per caption,
+    kernels.attention.attention_varlen keeping each token within its caption), then pool per caption: the same
+    features as the padded batch without computing the pads. Uses attn_implementation="retinascale" with
+    attention_backend (null: the per-caption sdpa path), so attention-probability dropout is 0. cls and
+    flair_masked pooling only (flair averages the pads themselves)."""
 
 
 # ----------------------------------------------------------------------------- vision tower
@@ -168,17 +179,22 @@ class TextTower(nn.Module):
     """A transformers encoder pooled to one feature per caption: the last layer's [CLS] token, or FLAIR's
     token-and-layer mean (TextConfig.pooling, flair_pool)."""
 
-    def __init__(self, model: nn.Module, pooling: str = "cls") -> None:
+    def __init__(self, model: nn.Module, pooling: str = "cls", unpad: bool = False) -> None:
         super().__init__()
         if pooling not in TEXT_POOLINGS:
             raise ValueError(f"text.pooling must be one of {', '.join(TEXT_POOLINGS)}, got {pooling!r}")
         if pooling != "cls" and model.config.num_hidden_layers < 2:
             raise ValueError(f"text.pooling {pooling!r} reads hidden_states[2]: the encoder needs >= 2 layers")
+        if unpad:
+            check_unpad(pooling, model)
         self.model = model
         self.pooling = pooling
+        self.unpad = unpad
         self.num_features: int = model.config.hidden_size
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.unpad:
+            return self._forward_packed(input_ids, attention_mask)
         if self.pooling == "cls":
             return self.forward_tokens(input_ids, attention_mask)[:, 0]
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
@@ -186,7 +202,40 @@ class TextTower(nn.Module):
         return flair_pool(hidden, attention_mask if self.pooling == "flair_masked" else None)
 
     def forward_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L, H) last-layer token states; unpadded, the padding positions are zeros."""
+        if self.unpad:
+            packed = pack_captions(input_ids, attention_mask)
+            return packed.unpack(self._run_packed(packed, hidden_states=False).last_hidden_state[0])
         return self.model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True).last_hidden_state
+
+    def _run_packed(self, packed: PackedCaptions, hidden_states: bool) -> Any:
+        # token type 0 everywhere, as the padded path's default; positions restart per caption
+        return self.model(input_ids=packed.input_ids, position_ids=packed.position_ids,
+                          token_type_ids=torch.zeros_like(packed.input_ids), output_hidden_states=hidden_states,
+                          return_dict=True, **packed.attention_kwargs())
+
+    def _forward_packed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        packed = pack_captions(input_ids, attention_mask)
+        out = self._run_packed(packed, hidden_states=self.pooling != "cls")
+        if self.pooling == "cls":
+            return out.last_hidden_state[0, packed.starts]
+        hidden = out.hidden_states  # flair_masked: flair_pool's layers, each averaged over its caption's tokens
+        layers = torch.stack([hidden[1][0], hidden[2][0], hidden[-1][0]])  # (3, T, H)
+        return packed.segment_mean(layers).mean(dim=0)
+
+
+def check_unpad(pooling: str, model: nn.Module) -> None:
+    """text.unpad needs a pooling that ignores the pads and our attention (which reads cu_seq_lens): any other
+    attention would let every packed token attend to every caption, silently."""
+    if pooling == "flair":
+        raise ValueError("text.unpad does not apply to pooling flair: it averages over the padding tokens too "
+                         "(FLAIR's TextModel.forward), which unpadding removes; use flair_masked or cls")
+    from kernels.attention.integrations import TRANSFORMERS_NAME
+
+    implementation = getattr(model.config, "_attn_implementation", None)
+    if implementation != TRANSFORMERS_NAME:
+        raise ValueError(f"text.unpad needs attn_implementation={TRANSFORMERS_NAME!r} (kernels.attention_varlen), "
+                         f"the model has {implementation!r}")
 
 
 def text_config(cfg: TextConfig, overrides: dict[str, Any]) -> Any:
@@ -207,7 +256,7 @@ def load_text_model(cfg: TextConfig, auto_class: Any = None) -> nn.Module:
     auto_class = auto_class or AutoModel
     overrides = dict(cfg.config_overrides)
     kwargs: dict[str, Any] = {}
-    if cfg.attention_backend is not None:
+    if cfg.attention_backend is not None or cfg.unpad:  # unpad: only our attention reads the packed offsets
         from kernels.attention.integrations import register_transformers_attention
 
         kwargs["attn_implementation"] = register_transformers_attention(backend=cfg.attention_backend)
@@ -229,7 +278,7 @@ def build_text_tower(cfg: TextConfig) -> TextTower:
         model.pooler = None
     if cfg.freeze:
         model.requires_grad_(False)  # the optimizer's param groups skip parameters without gradients
-    return TextTower(model, cfg.pooling)
+    return TextTower(model, cfg.pooling, cfg.unpad)
 
 
 # ----------------------------------------------------------------------------- offline text model

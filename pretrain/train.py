@@ -100,7 +100,7 @@ def _train_locked(cfg: TrainConfig, on_checkpoint: CheckpointHook | None) -> dic
     SKIPPED.reset()  # with data.workers=0 the counters live in this process
     LOSSES.reset()
     batches = iter(make_loader(cfg.data, tokenizer, loop.rank, loop.world_size, step=loop.start_step,
-                               pixel_scaling=cfg.model.vision.pixel_scaling))
+                               pixel_scaling=cfg.model.vision.pixel_scaling, text_pooling=cfg.model.text.pooling))
 
     def loss_fn(module: Any, batch: Any) -> dict[str, Any]:
         objective.diagnostics = {}  # this step's only: a term without inputs this step leaves no stale value

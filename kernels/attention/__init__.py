@@ -17,6 +17,9 @@ interpreter under TRITON_INTERPRET=1; Dh <= 256), "xformers" (memory_efficient_a
 importable xformers), "sdpa" (torch's scaled_dot_product_attention), "eager" (explicit softmax(QK^T)V;
 the test reference in float64). None picks sdpa everywhere (registry.py says why). Asking for a
 backend that cannot run raises RuntimeError with the reason; there is no silent fallback.
+
+`attention_varlen` (kernels.attention.varlen) is the same op over sequences packed without padding, in
+FlashAttention-2's varlen layout (q (total_q, H, Dh), int32 cu_seqlens).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import math
 import torch
 
 from kernels.attention.registry import BACKENDS, available_backends, backend_function, resolve_backend
+from kernels.attention.varlen import attention_varlen, cu_seqlens_from_lengths
 
 
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None):
@@ -58,4 +62,5 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     return backend_function(name)(q, k, v, key_padding_mask, bool(causal), scale)
 
 
-__all__ = ["attention", "BACKENDS", "available_backends", "resolve_backend"]
+__all__ = ["attention", "attention_varlen", "cu_seqlens_from_lengths", "BACKENDS", "available_backends",
+           "resolve_backend"]

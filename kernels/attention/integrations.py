@@ -5,7 +5,10 @@
     bert = AutoModel.from_pretrained(path, attn_implementation="retinascale")
 
 Both keep everything around the attention product (projections, q/k norms, gates, dropout after the
-projection) and hand the kernel only what it expresses: a key padding mask and top-left causality.
+projection) and hand the kernel only what it expresses: a key padding mask and top-left causality. A
+transformers model called on packed sequences (a batch of one row, with transformers' varlen keyword arguments
+cu_seq_lens_q/k and max_length_q/k, as its flash-attention padding-free path takes them) runs
+`kernels.attention.attention_varlen` instead.
 Anything else (an additive bias, attention-probability dropout while training) raises instead of
 being silently dropped.
 """
@@ -19,7 +22,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from kernels.attention import BACKENDS, attention
+from kernels.attention import BACKENDS, attention, attention_varlen
 
 TRANSFORMERS_NAME = "retinascale"
 # Additive masks use -inf or the dtype's minimum (BERT-era code: -10000); anything in between is a real bias.
@@ -204,6 +207,26 @@ def use_attention_backend(model: nn.Module, backend: str | None = None) -> int:
 _UNSUPPORTED_KWARGS = ("softcap", "sliding_window", "position_bias", "s_aux", "sinks")
 
 
+def _packed_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                      attention_mask: torch.Tensor | None, scaling: float | None, backend: str | None,
+                      kwargs: dict) -> torch.Tensor:
+    """Packed sequences: (1, H, T, Dh) in, (1, T, H, Dh) out, each token attending within its own sequence."""
+    name = type(module).__name__
+    if attention_mask is not None or query.shape[0] != 1:
+        raise ValueError(f"{name}: packed sequences (cu_seq_lens_q/k) come as one batch row without an attention "
+                         f"mask, got a batch of {query.shape[0]} and a mask {attention_mask is not None}")
+    missing = [k for k in ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k") if kwargs.get(k) is None]
+    if missing:
+        raise ValueError(f"{name}: packed sequences need {', '.join(missing)} as well")
+    is_causal = kwargs.get("is_causal")
+    causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (T, H, Dh)
+    out = attention_varlen(q, k, v, kwargs["cu_seq_lens_q"].to(torch.int32), kwargs["cu_seq_lens_k"].to(torch.int32),
+                           int(kwargs["max_length_q"]), int(kwargs["max_length_k"]), causal=bool(causal),
+                           scale=scaling, backend=backend)
+    return out[None]
+
+
 def _transformers_attention(backend: str | None) -> Callable[..., tuple[torch.Tensor, None]]:
     def retinascale_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
                                       value: torch.Tensor, attention_mask: torch.Tensor | None,
@@ -223,6 +246,8 @@ def _transformers_attention(backend: str | None) -> Callable[..., tuple[torch.Te
         groups = getattr(module, "num_key_value_groups", 1)
         if groups > 1:  # grouped-query attention: the kernel wants as many k/v heads as query heads
             key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+        if kwargs.get("cu_seq_lens_q") is not None or kwargs.get("cu_seq_lens_k") is not None:
+            return _packed_attention(module, query, key, value, attention_mask, scaling, backend, kwargs), None
         batch, seq_q, seq_k = query.shape[0], query.shape[2], key.shape[2]
         padding = None
         if attention_mask is not None:

@@ -14,6 +14,9 @@ from typing import Callable
 import torch
 
 BACKENDS = ("triton", "xformers", "sdpa", "eager")
+# attention_varlen: the Triton kernel, or the dense torch op once per sequence (xformers' block-diagonal masks
+# are not wired in: asking for it is an error, not a quiet switch)
+VARLEN_BACKENDS = ("triton", "sdpa", "eager")
 
 
 def _interpreting() -> bool:
@@ -73,4 +76,18 @@ def backend_function(backend: str) -> Callable[..., torch.Tensor]:
         from kernels.attention.torch_backends import eager_attention as fn
     else:
         raise ValueError(f"unknown attention backend {backend!r}; expected one of {BACKENDS}")
+    return fn
+
+
+def varlen_backend_function(backend: str) -> Callable[..., torch.Tensor]:
+    """fn(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale) of attention_varlen."""
+    if backend == "triton":
+        from kernels.attention.triton_flash import triton_varlen_attention as fn
+    elif backend == "sdpa":
+        from kernels.attention.torch_backends import sdpa_varlen_attention as fn
+    elif backend == "eager":
+        from kernels.attention.torch_backends import eager_varlen_attention as fn
+    else:
+        raise ValueError(f"attention backend {backend!r} has no varlen form; attention_varlen takes one of "
+                         f"{VARLEN_BACKENDS}")
     return fn

@@ -5,9 +5,13 @@ Both give a fully masked query row (no allowed key) zeros and zero gradients. A 
 there is 0/0 = NaN, and so is SDPA's output or gradient depending on its kernel, so such rows are
 unmasked (any finite result will do) and their output is then zeroed with `masked_fill`, which
 passes no gradient back into the row.
+
+Their varlen forms (`eager_varlen_attention`, `sdpa_varlen_attention`) call the dense op once per packed sequence.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -39,3 +43,34 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_paddin
     empty = ~attended_rows(allowed)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed | empty, scale=scale)
     return out.masked_fill(empty, 0.0)
+
+
+def _per_sequence(dense: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """A varlen backend from a dense one: one dense call per packed sequence, as (1, H, L, Dh).
+
+    A sequence without keys attends nothing: zeros, with no gradient path (as an empty row of the dense op).
+    The offsets are read on the host once per call; this is the reference and CPU path, not a fast one.
+    """
+
+    def varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+               cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, causal: bool,
+               scale: float) -> torch.Tensor:
+        bounds_q, bounds_k = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+        outs = []
+        for (q0, q1), (k0, k1) in zip(zip(bounds_q, bounds_q[1:]), zip(bounds_k, bounds_k[1:])):
+            if q1 == q0:
+                continue
+            if k1 == k0:
+                outs.append(q.new_zeros(q1 - q0, *q.shape[1:]))
+                continue
+            seq_q, seq_k, seq_v = (t[a:b].transpose(0, 1)[None] for t, a, b in
+                                   ((q, q0, q1), (k, k0, k1), (v, k0, k1)))
+            outs.append(dense(seq_q, seq_k, seq_v, None, causal, scale)[0].transpose(0, 1))
+        return torch.cat(outs) if outs else q.new_zeros(q.shape)
+
+    varlen.__name__ = f"{dense.__name__.removesuffix('_attention')}_varlen_attention"
+    return varlen
+
+
+eager_varlen_attention = _per_sequence(eager_attention)
+sdpa_varlen_attention = _per_sequence(sdpa_attention)

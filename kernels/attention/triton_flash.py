@@ -27,6 +27,13 @@ Dh of 16, 32, 64, 128 are native tiles; any other Dh <= 256 runs in a tile padde
 of two >= 16 (the extra columns load as zeros and are never stored, so nothing is copied). Dots
 accumulate in fp32 for every input dtype (fp32, bf16, fp16); p and ds are rounded to the input dtype
 before their dots, as FlashAttention does. Outputs are written in the input dtype, lse in fp32.
+
+Varlen (VARLEN=True, `kernels.attention.attention_varlen`): the same kernels over sequences packed without
+padding, q (total_q, H, Dh), k, v (total_k, H, Dh). The grid's second axis is (sequence, head); each program
+reads its sequence's first row and length from cu_seqlens and offsets its pointers, so the per-tile maths
+above is unchanged. The first axis covers max_seqlen rounded up to a power of two (also the autotune key, so
+batches with different longest captions share a tuning); blocks past their own sequence's end skip their
+loops, and their masked stores write nothing. lse and delta are (H, total_q).
 """
 
 from __future__ import annotations
@@ -61,6 +68,13 @@ def _key_valid(offs_n, seq_k, pad_ptr, stride_pn, HAS_PAD: tl.constexpr):
 
 
 @triton.jit
+def _sequence(cu_ptr, b):
+    """(start row, length) of sequence b in a packed varlen tensor, from its cumulative lengths."""
+    start = tl.load(cu_ptr + b)
+    return start.to(tl.int64), tl.load(cu_ptr + b + 1) - start
+
+
+@triton.jit
 def _backward_lse2(lse_ptr, offs_m, mask_m):
     # base-2 lse for the backward; -inf (empty rows) and rows past Lq become +inf, so their p is 0
     lse = tl.load(lse_ptr + offs_m, mask=mask_m, other=float("-inf"))
@@ -72,15 +86,16 @@ def _backward_lse2(lse_ptr, offs_m, mask_m):
 
 @triton.jit
 def _attn_fwd_kernel(
-    q_ptr, k_ptr, v_ptr, pad_ptr, out_ptr, lse_ptr,
+    q_ptr, k_ptr, v_ptr, pad_ptr, out_ptr, lse_ptr, cu_q_ptr, cu_k_ptr,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_om, stride_od,
-    stride_pb, stride_pn,
+    stride_pb, stride_pn, stride_lb, stride_lh,
     num_heads, seq_q, seq_k, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr, FP32_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr, VARLEN: tl.constexpr, FP32_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
     start_m = tl.program_id(0) * BLOCK_M
     bh = tl.program_id(1)
@@ -91,7 +106,15 @@ def _attn_fwd_kernel(
     v_ptr += b * stride_vb + h * stride_vh
     out_ptr += b * stride_ob + h * stride_oh
     pad_ptr += b * stride_pb
-    lse_ptr += bh.to(tl.int64) * seq_q
+    lse_ptr += b * stride_lb + h * stride_lh
+    if VARLEN:  # sequence b's rows of the packed tensors; seq_q, seq_k were only the grid's bounds
+        q_start, seq_q = _sequence(cu_q_ptr, b)
+        k_start, seq_k = _sequence(cu_k_ptr, b)
+        q_ptr += q_start * stride_qm
+        out_ptr += q_start * stride_om
+        lse_ptr += q_start
+        k_ptr += k_start * stride_kn
+        v_ptr += k_start * stride_vn
 
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -106,6 +129,8 @@ def _attn_fwd_kernel(
     hi = seq_k
     if CAUSAL:  # keys past this block's last query are masked for all its rows: skip their blocks
         hi = tl.minimum(seq_k, start_m + BLOCK_M)
+    if VARLEN:  # a block past this sequence's end (the grid covers the longest one) has nothing to do
+        hi = tl.where(start_m < seq_q, hi, 0)
     for start_n in range(0, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         tile = (offs_n < seq_k)[:, None] & mask_d[None, :]
@@ -133,41 +158,49 @@ def _attn_fwd_kernel(
 
 @triton.jit
 def _attn_bwd_preprocess_kernel(
-    out_ptr, do_ptr, delta_ptr,
+    out_ptr, do_ptr, delta_ptr, cu_q_ptr,
     stride_ob, stride_oh, stride_om, stride_od,
     stride_gb, stride_gh, stride_gm, stride_gd,
+    stride_lb, stride_lh,
     num_heads, seq_q,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, VARLEN: tl.constexpr,
 ):
-    # delta_i = <do_i, o_i>, fp32 (B * H, Lq)
+    # delta_i = <do_i, o_i>, fp32, laid out as lse
     bh = tl.program_id(1)
     b = (bh // num_heads).to(tl.int64)
     h = (bh % num_heads).to(tl.int64)
+    out_ptr += b * stride_ob + h * stride_oh
+    do_ptr += b * stride_gb + h * stride_gh
+    delta_ptr += b * stride_lb + h * stride_lh
+    if VARLEN:
+        q_start, seq_q = _sequence(cu_q_ptr, b)
+        out_ptr += q_start * stride_om
+        do_ptr += q_start * stride_gm
+        delta_ptr += q_start
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     mask_m = offs_m < seq_q
     tile = mask_m[:, None] & (offs_d < HEAD_DIM)[None, :]
-    o = tl.load(out_ptr + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
-                mask=tile, other=0.0)
-    do = tl.load(do_ptr + b * stride_gb + h * stride_gh + offs_m[:, None] * stride_gm + offs_d[None, :] * stride_gd,
-                 mask=tile, other=0.0)
+    o = tl.load(out_ptr + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od, mask=tile, other=0.0)
+    do = tl.load(do_ptr + offs_m[:, None] * stride_gm + offs_d[None, :] * stride_gd, mask=tile, other=0.0)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-    tl.store(delta_ptr + bh.to(tl.int64) * seq_q + offs_m, delta, mask=mask_m)
+    tl.store(delta_ptr + offs_m, delta, mask=mask_m)
 
 
 @triton.jit
 def _attn_bwd_dkdv_kernel(
-    q_ptr, k_ptr, v_ptr, pad_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
+    q_ptr, k_ptr, v_ptr, pad_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, cu_q_ptr, cu_k_ptr,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_gb, stride_gh, stride_gm, stride_gd,
     stride_dkb, stride_dkh, stride_dkn, stride_dkd,
     stride_dvb, stride_dvh, stride_dvn, stride_dvd,
-    stride_pb, stride_pn,
+    stride_pb, stride_pn, stride_lb, stride_lh,
     num_heads, seq_q, seq_k, scale, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr, FP32_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr, VARLEN: tl.constexpr, FP32_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
     # one program per key block; tiles are held transposed, (keys, queries), so dk and dv
     # accumulate from plain dots without transposing p
@@ -182,8 +215,19 @@ def _attn_bwd_dkdv_kernel(
     dk_ptr += b * stride_dkb + h * stride_dkh
     dv_ptr += b * stride_dvb + h * stride_dvh
     pad_ptr += b * stride_pb
-    lse_ptr += bh.to(tl.int64) * seq_q
-    delta_ptr += bh.to(tl.int64) * seq_q
+    lse_ptr += b * stride_lb + h * stride_lh
+    delta_ptr += b * stride_lb + h * stride_lh
+    if VARLEN:
+        q_start, seq_q = _sequence(cu_q_ptr, b)
+        k_start, seq_k = _sequence(cu_k_ptr, b)
+        q_ptr += q_start * stride_qm
+        do_ptr += q_start * stride_gm
+        lse_ptr += q_start
+        delta_ptr += q_start
+        k_ptr += k_start * stride_kn
+        v_ptr += k_start * stride_vn
+        dk_ptr += k_start * stride_dkn
+        dv_ptr += k_start * stride_dvn
 
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -198,7 +242,10 @@ def _attn_bwd_dkdv_kernel(
     lo = 0
     if CAUSAL:  # queries before this key block never see it: start at the block holding query start_n
         lo = (start_n // BLOCK_M) * BLOCK_M
-    for start_m in range(lo, seq_q, BLOCK_M):
+    hi = seq_q
+    if VARLEN:  # a key block past this sequence's end has nothing to do
+        hi = tl.where(start_n < seq_k, hi, 0)
+    for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         mask_m = offs_m < seq_q
         q_t = tl.load(q_ptr + offs_d[:, None] * stride_qd + offs_m[None, :] * stride_qm,
@@ -225,16 +272,17 @@ def _attn_bwd_dkdv_kernel(
 
 @triton.jit
 def _attn_bwd_dq_kernel(
-    q_ptr, k_ptr, v_ptr, pad_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
+    q_ptr, k_ptr, v_ptr, pad_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, cu_q_ptr, cu_k_ptr,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_gb, stride_gh, stride_gm, stride_gd,
     stride_dqb, stride_dqh, stride_dqm, stride_dqd,
-    stride_pb, stride_pn,
+    stride_pb, stride_pn, stride_lb, stride_lh,
     num_heads, seq_q, seq_k, scale, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr, FP32_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr, VARLEN: tl.constexpr, FP32_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
     # one program per query block; k and v are loaded transposed, (BLOCK_D, BLOCK_N)
     start_m = tl.program_id(0) * BLOCK_M
@@ -247,8 +295,18 @@ def _attn_bwd_dq_kernel(
     do_ptr += b * stride_gb + h * stride_gh
     dq_ptr += b * stride_dqb + h * stride_dqh
     pad_ptr += b * stride_pb
-    lse_ptr += bh.to(tl.int64) * seq_q
-    delta_ptr += bh.to(tl.int64) * seq_q
+    lse_ptr += b * stride_lb + h * stride_lh
+    delta_ptr += b * stride_lb + h * stride_lh
+    if VARLEN:
+        q_start, seq_q = _sequence(cu_q_ptr, b)
+        k_start, seq_k = _sequence(cu_k_ptr, b)
+        q_ptr += q_start * stride_qm
+        do_ptr += q_start * stride_gm
+        dq_ptr += q_start * stride_dqm
+        lse_ptr += q_start
+        delta_ptr += q_start
+        k_ptr += k_start * stride_kn
+        v_ptr += k_start * stride_vn
 
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -264,6 +322,8 @@ def _attn_bwd_dq_kernel(
     hi = seq_k
     if CAUSAL:
         hi = tl.minimum(seq_k, start_m + BLOCK_M)
+    if VARLEN:
+        hi = tl.where(start_m < seq_q, hi, 0)
     for start_n in range(0, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         tile_t = mask_d[:, None] & (offs_n < seq_k)[None, :]
@@ -294,7 +354,7 @@ def _configs(outer: str, inner: str) -> list[triton.Config]:
 # Tuned per problem shape and mask kind (the tensor dtypes are part of triton's key already). Every
 # kernel only stores its outputs, so the autotuner's repeated runs need no reset. Configs that do not
 # fit (e.g. 128 x 64 fp32 tiles at Dh = 128) fail to compile and are skipped by the autotuner.
-_TUNE_KEY = ["seq_q", "seq_k", "HEAD_DIM", "CAUSAL", "HAS_PAD"]
+_TUNE_KEY = ["seq_q", "seq_k", "HEAD_DIM", "CAUSAL", "HAS_PAD", "VARLEN"]
 if interpreting():  # autotuning would run every config in the interpreter: fixed 16 x 16 tiles instead
     _fwd_tuned = _dkdv_tuned = _dq_tuned = None
 else:
@@ -360,10 +420,10 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_pad
     kernel, opts = _kernel(_attn_fwd_kernel, _fwd_tuned, block_m, block_n)
     grid = lambda meta: (triton.cdiv(seq_q, meta["BLOCK_M"]), batch * heads)  # noqa: E731
     kernel[grid](
-        q, k, v, pad, out, lse,
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(), stride_pb, stride_pn,
+        q, k, v, pad, out, lse, q, q,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(), stride_pb, stride_pn, *lse.stride()[:2],
         heads, seq_q, seq_k, scale * LOG2E,
-        **dims, CAUSAL=bool(causal), **flags, **_precision_args(q.dtype), **opts)
+        **dims, CAUSAL=bool(causal), **flags, VARLEN=False, **_precision_args(q.dtype), **opts)
     return out, lse
 
 
@@ -393,22 +453,104 @@ def attention_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: to
     prec = _precision_args(q.dtype)
     common = (heads, seq_q, seq_k, scale, scale * LOG2E)
 
+    assert lse.is_contiguous() and delta.is_contiguous(), "lse and delta must be contiguous (B, H, Lq) buffers"
+    lse_strides = lse.stride()[:2]
     _attn_bwd_preprocess_kernel[(triton.cdiv(seq_q, _PREPROCESS_BLOCK_M), batch * heads)](
-        out, do, delta, *out.stride(), *do.stride(), heads, seq_q, **dims, BLOCK_M=_PREPROCESS_BLOCK_M)
+        out, do, delta, q, *out.stride(), *do.stride(), *lse_strides, heads, seq_q, **dims,
+        BLOCK_M=_PREPROCESS_BLOCK_M, VARLEN=False)
 
     kernel, opts = _kernel(_attn_bwd_dkdv_kernel, _dkdv_tuned, block_m, block_n)
     grid = lambda meta: (triton.cdiv(seq_k, meta["BLOCK_N"]), batch * heads)  # noqa: E731
     kernel[grid](
-        q, k, v, pad, do, lse, delta, dk, dv,
+        q, k, v, pad, do, lse, delta, dk, dv, q, q,
         *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(), stride_pb, stride_pn,
-        *common, **dims, CAUSAL=bool(causal), **flags, **prec, **opts)
+        *lse_strides, *common, **dims, CAUSAL=bool(causal), **flags, VARLEN=False, **prec, **opts)
 
     kernel, opts = _kernel(_attn_bwd_dq_kernel, _dq_tuned, block_m, block_n)
     grid = lambda meta: (triton.cdiv(seq_q, meta["BLOCK_M"]), batch * heads)  # noqa: E731
     kernel[grid](
-        q, k, v, pad, do, lse, delta, dq,
+        q, k, v, pad, do, lse, delta, dq, q, q,
         *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(), stride_pb, stride_pn,
-        *common, **dims, CAUSAL=bool(causal), **flags, **prec, **opts)
+        *lse_strides, *common, **dims, CAUSAL=bool(causal), **flags, VARLEN=False, **prec, **opts)
+    return dq, dk, dv
+
+
+def _varlen_grid_bound(max_seqlen: int) -> int:
+    """The grid's per-sequence extent (and the autotuner's key): max_seqlen rounded up to a power of two, so
+    batches whose longest caption differs do not each trigger a new tuning; extra blocks exit at once."""
+    return triton.next_power_of_2(max(int(max_seqlen), 1))
+
+
+def _packed_strides(t: torch.Tensor) -> tuple[int, int, int, int]:
+    """(batch, head, row, dim) strides of a packed (total, H, Dh) tensor: the batch stride is 0, each
+    program moves to its sequence's rows through cu_seqlens."""
+    return 0, t.stride(1), t.stride(0), t.stride(2)
+
+
+def varlen_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                   cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, causal: bool = False,
+                   scale: float | None = None, *, block_m: int | None = None, block_n: int | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out (total_q, H, Dh) in q's dtype, lse (H, total_q) fp32) of packed sequences.
+
+    q: (total_q, H, Dh), k, v: (total_k, H, Dh); cu_seqlens_*: int32 (n + 1,) row offsets of the n sequences
+    (kernels.attention.varlen checks them); causal is top-left aligned within each sequence.
+    """
+    total_q, heads, head_dim = q.shape
+    dims = _head_dim_args(head_dim)
+    scale = _default_scale(scale, head_dim)
+    out = torch.empty_like(q)
+    lse = torch.empty(heads, total_q, dtype=torch.float32, device=q.device)
+    n_seq = cu_seqlens_q.numel() - 1
+    if total_q == 0 or n_seq == 0:
+        return out, lse
+    bound_q, bound_k = _varlen_grid_bound(max_seqlen_q), _varlen_grid_bound(max_seqlen_k)
+    kernel, opts = _kernel(_attn_fwd_kernel, _fwd_tuned, block_m, block_n)
+    grid = lambda meta: (triton.cdiv(bound_q, meta["BLOCK_M"]), n_seq * heads)  # noqa: E731
+    kernel[grid](
+        q, k, v, q, out, lse, cu_seqlens_q, cu_seqlens_k,
+        *_packed_strides(q), *_packed_strides(k), *_packed_strides(v), *_packed_strides(out), 0, 0,
+        0, lse.stride(0), heads, bound_q, bound_k, scale * LOG2E,
+        **dims, CAUSAL=bool(causal), HAS_PAD=False, VARLEN=True, **_precision_args(q.dtype), **opts)
+    return out, lse
+
+
+def varlen_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                    lse: torch.Tensor, cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor, max_seqlen_q: int,
+                    max_seqlen_k: int, causal: bool = False, scale: float | None = None, *,
+                    block_m: int | None = None, block_n: int | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv) of packed sequences from the upstream grad `do` and the forward's `out`, `lse`."""
+    total_q, heads, head_dim = q.shape
+    dims = _head_dim_args(head_dim)
+    scale = _default_scale(scale, head_dim)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    n_seq = cu_seqlens_q.numel() - 1
+    if total_q == 0 or k.shape[0] == 0 or n_seq == 0:  # nothing is attended
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    delta = torch.empty_like(lse)
+    bound_q, bound_k = _varlen_grid_bound(max_seqlen_q), _varlen_grid_bound(max_seqlen_k)
+    prec = _precision_args(q.dtype)
+    common = (0, lse.stride(0), heads, bound_q, bound_k, scale, scale * LOG2E)
+    flags = dict(CAUSAL=bool(causal), HAS_PAD=False, VARLEN=True)
+
+    _attn_bwd_preprocess_kernel[(triton.cdiv(bound_q, _PREPROCESS_BLOCK_M), n_seq * heads)](
+        out, do, delta, cu_seqlens_q, *_packed_strides(out), *_packed_strides(do), 0, lse.stride(0), heads, bound_q,
+        **dims, BLOCK_M=_PREPROCESS_BLOCK_M, VARLEN=True)
+
+    kernel, opts = _kernel(_attn_bwd_dkdv_kernel, _dkdv_tuned, block_m, block_n)
+    grid = lambda meta: (triton.cdiv(bound_k, meta["BLOCK_N"]), n_seq * heads)  # noqa: E731
+    kernel[grid](
+        q, k, v, q, do, lse, delta, dk, dv, cu_seqlens_q, cu_seqlens_k,
+        *_packed_strides(q), *_packed_strides(k), *_packed_strides(v), *_packed_strides(do),
+        *_packed_strides(dk), *_packed_strides(dv), 0, 0, *common, **dims, **flags, **prec, **opts)
+
+    kernel, opts = _kernel(_attn_bwd_dq_kernel, _dq_tuned, block_m, block_n)
+    grid = lambda meta: (triton.cdiv(bound_q, meta["BLOCK_M"]), n_seq * heads)  # noqa: E731
+    kernel[grid](
+        q, k, v, q, do, lse, delta, dq, cu_seqlens_q, cu_seqlens_k,
+        *_packed_strides(q), *_packed_strides(k), *_packed_strides(v), *_packed_strides(do),
+        *_packed_strides(dq), 0, 0, *common, **dims, **flags, **prec, **opts)
     return dq, dk, dv
 
 
@@ -456,4 +598,38 @@ def triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padd
     return TritonAttention.apply(q, k, v, key_padding_mask, bool(causal), float(scale))
 
 
-__all__ = ["TritonAttention", "triton_attention", "attention_forward", "attention_backward"]
+class TritonVarlenAttention(torch.autograd.Function):
+    """attention_varlen over packed sequences (no padding); no gradient for the offsets."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale):
+        dtype = _compute_dtype(q, k, v)
+        qc, kc, vc = (_prepare(t, dtype) for t in (q, k, v))
+        lengths = (cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+        out, lse = varlen_forward(qc, kc, vc, *lengths, causal, scale)
+        ctx.save_for_backward(qc, kc, vc, out, lse, cu_seqlens_q, cu_seqlens_k)
+        ctx.extras = (max_seqlen_q, max_seqlen_k, causal, scale, q.dtype, k.dtype, v.dtype)
+        return out.to(q.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, do):
+        qc, kc, vc, out, lse, cu_q, cu_k = ctx.saved_tensors
+        max_q, max_k, causal, scale, q_dtype, k_dtype, v_dtype = ctx.extras
+        dq, dk, dv = varlen_backward(_prepare(do, qc.dtype), qc, kc, vc, out, lse, cu_q, cu_k, max_q, max_k, causal,
+                                     scale)
+        return dq.to(q_dtype), dk.to(k_dtype), dv.to(v_dtype), None, None, None, None, None, None
+
+
+def triton_varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                            cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, causal: bool,
+                            scale: float) -> torch.Tensor:
+    if q.device.type != "cuda" and not interpreting():
+        raise RuntimeError("the triton attention kernels need CUDA tensors, or TRITON_INTERPRET=1 set before "
+                           "this module is imported (CPU testing)")
+    return TritonVarlenAttention.apply(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
+                                       bool(causal), float(scale))
+
+
+__all__ = ["TritonAttention", "TritonVarlenAttention", "triton_attention", "triton_varlen_attention",
+           "attention_forward", "attention_backward", "varlen_forward", "varlen_backward"]
