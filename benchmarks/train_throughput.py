@@ -76,14 +76,17 @@ def _summary(times: dict[str, list[float]], batch: int, baseline: str) -> dict[s
 
 
 def synthetic_shards(workdir: Path, public: int, elite: int, eval: int = 0, image_size: int = 96,
-                     workers: int = 1) -> dict[str, Path]:
+                     workers: int = 1, synth_size: int | None = None) -> dict[str, Path]:
     """Synthetic fundus data built into shard sets as `make demo` builds them: public (the FLAIR-layout
-    sources), elite (MM-Retinal) and, with eval > 0, eval (the transferability sets, split test)."""
+    sources), elite (MM-Retinal) and, with eval > 0, eval (the transferability sets, split test).
+    `synth_size`: render the images this size (rendering is single-process and slow at 512 px), then resize
+    them to the shards' `image_size` canvases while building."""
     from shards.build import BuildConfig, build
     from shards.synth import synthesize
 
     data = workdir / "data"
-    synthesize(data, public=public, elite=elite, eval=eval, seed=0, image_size=image_size, progress=False)
+    synthesize(data, public=public, elite=elite, eval=eval, seed=0, image_size=synth_size or image_size,
+               progress=False)
     frames = sorted((data / "dataframes" / "pretraining").glob("9*_SYNTH_*.csv"))
     sets = {"public": [f"flair:{f}:{data / 'images'}" for f in frames],
             "elite": [f"mm-retinal:{data / 'images' / 'MM-Retinal'}"]}
