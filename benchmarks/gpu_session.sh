@@ -16,7 +16,7 @@
 #   the tokenizer of the random-init text towers. Only the distributions this machine lacks are installed.
 # At most 8 files land in $OUT: session.log (device, versions, every step's log) and the results JSON/PNG,
 # named after the GPU, to be committed under benchmarks/results/. Shards, runs and exports go to $WORK
-# (default /tmp/retinascale-e2e): the exports alone are gigabytes.
+# (default runs/gpu-session, git-ignored): the checkpoints and exports alone are gigabytes.
 set -uo pipefail
 OUT=${OUT:?set OUT to a results folder}
 PY=${PYTHON:-python3}
@@ -24,7 +24,7 @@ mkdir -p "$OUT"
 LOG="$OUT/session.log"
 rm -f "$LOG"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-WORK=${WORK:-/tmp/retinascale-e2e}
+WORK=${WORK:-runs/gpu-session}
 TEXT=()
 if [ -n "${WHEELS:-}" ]; then
   # Only the distributions missing here: a package this image already has was built for its torch and numpy.
@@ -86,7 +86,7 @@ step tile-sweep 45 "$PY" benchmarks/contrastive_tile_sweep.py --batch 32768 --ds
 step attention 30 "$PY" -m benchmarks attention --repeats 3 --warmup 1 --out "$OUT/attention-$GPU.json" \
   --shapes vit_b16_224 vit_b16_512 text_256_padded decoder_self_64 decoder_cross_64x197
 step train 30 "$PY" benchmarks/train_throughput.py gpu --warmup 2 --steps 8 --out "$OUT/train_throughput-$GPU.json"
-rm -rf "$WORK"
+rm -rf "$WORK/shards" "$WORK/runs" "$WORK/export"  # what train_e2e.py writes there: a fresh start
 step e2e-shards 30 "$PY" benchmarks/train_e2e.py shards --work "$WORK"
 step e2e-vit 85 "$PY" benchmarks/train_e2e.py run --config pretrain/configs/gpu_vit_b16_224.yaml --work "$WORK" \
   "${TEXT[@]}" --out "$OUT/train_e2e-$GPU.json"

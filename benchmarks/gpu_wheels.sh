@@ -26,7 +26,7 @@ mkdir -p "$DIR"
 WANTED=(open_clip_torch ftfy wcwidth inf-cl
         einops hjson msgpack ninja psutil py-cpuinfo pydantic pydantic_core annotated-types typing-inspection
         webdataset braceexpand jsonargparse docstring_parser tensorboard protobuf absl-py
-        scikit-learn scipy joblib threadpoolctl narwhals)
+        scikit-learn scipy joblib cloudpickle threadpoolctl narwhals)
 PINS=()
 for name in "${WANTED[@]}"; do
   p=$(pin "$name") || { echo "no pin for $name in constraints.txt" >&2; exit 1; }

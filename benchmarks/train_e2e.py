@@ -2,10 +2,10 @@
 on a GPU) -> `retina-pretrain eval` -> `retina-pretrain export-hf`, each as its own command-line process.
 
 Reported per config: training samples/s (the median of the per-interval samples/s the run wrote to its
-metrics.jsonl; data loading included, as in any real run), peak GPU memory (the largest interval peak), and
+metrics.jsonl; data loading included, as in any real run), peak GPU memory (the largest logged peak), and
 the same model's samples/s in the plain torch loop of benchmarks/train_throughput.py (bf16 autocast, AdamW,
-eager loss, synthetic batches already on the GPU: no data pipeline, no engine), measured in the same process
-session; `vs_plain` is their ratio. The eval's headline metrics and the export's verification are recorded.
+eager loss, synthetic batches already on the GPU: no data pipeline, no engine), measured right after the run
+on the same device; `vs_plain` is their ratio. The eval's headline metrics and the export's verification are recorded.
 
     python benchmarks/train_e2e.py shards --work DIR                       # synthetic shard sets at 512 px
     python benchmarks/train_e2e.py run --config pretrain/configs/gpu_vit_b16_224.yaml --work DIR --out JSON
@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.common import device_info, package_version  # noqa: E402
 from benchmarks.train_throughput import PACKAGES, plain_step, synthetic_batch, synthetic_shards  # noqa: E402
 
-# Tiny towers and batches for --smoke: the whole path in seconds on a CPU (the names follow tests/helpers.py).
+# Tiny towers and batches for --smoke, as tests/helpers.py's tiny_model_config: the whole path on a CPU.
 SMOKE_TEXT = ("{model_type: bert, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, "
               "intermediate_size: 64, max_position_embeddings: 64}")
 SMOKE_VISION = {"resnet": ["--model.vision.name", "resnet18"],
@@ -46,9 +46,9 @@ SMOKE_IMAGE = 64
 
 
 def build_shards(args: argparse.Namespace) -> int:
-    work = Path(args.work)
+    work = Path(args.work).resolve()
     # 512 px canvases serve both configs (the loader resizes, decoding full 512 px JPEGs as in a real run). The
-    # images are rendered at 128 px (rendering at 512 px takes a CPU core ~0.1 s an image) and the training
+    # images are rendered at 128 px (rendering at 512 px takes a CPU core tenths of a second an image) and the training
     # streams are resampled, so a few hundred images serve any number of steps: throughput, not learning.
     sizes = dict(public=48, elite=16, eval=24, image_size=SMOKE_IMAGE) if args.smoke else \
         dict(public=400, elite=100, eval=120, image_size=512, synth_size=128)
@@ -124,12 +124,15 @@ def run(args: argparse.Namespace) -> int:
     from pretrain.config import load_config
     from pretrain.train import TrainConfig
 
-    work, out, name = Path(args.work), Path(args.out), Path(args.config).stem
+    # absolute paths: the retina-pretrain processes run in the repository root
+    work, out, config = Path(args.work).resolve(), Path(args.out).resolve(), Path(args.config).resolve()
+    name = config.stem
     shards, run_dir = work / "shards", work / "runs" / name
     overrides = _overrides(args, run_dir, shards)
-    cfg = load_config(TrainConfig, args.config, overrides)  # the resolved config, as the train command sees it
+    cfg = load_config(TrainConfig, config, overrides)  # the resolved config, as the train command sees it
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
-    entry = {"config": str(Path(args.config)), "overrides": overrides, "device": device_info(device),
+    shown = config.relative_to(REPO) if config.is_relative_to(REPO) else config
+    entry = {"config": str(shown), "overrides": overrides, "device": device_info(device),
              "versions": {p: package_version(p) for p in PACKAGES}, "steps": cfg.run.steps,
              "batch": cfg.data.batch_size, "image_size": cfg.data.image_size, "method": cfg.method,
              "precision": cfg.engine.precision, "zero_stage": cfg.engine.zero_stage,
@@ -137,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
              "memory": "peak_memory_mib: torch.cuda.max_memory_allocated on a GPU, the process's max RSS on a CPU",
              "seconds": {}}
 
-    entry["seconds"]["train"] = _command("train", ["--config", str(args.config), *overrides], args.smoke)
+    entry["seconds"]["train"] = _command("train", ["--config", str(config), *overrides], args.smoke)
     entry["retinascale"] = training_rates(run_dir / "metrics.jsonl")
     _write(out, name, entry)
 
@@ -161,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
     export_dir = work / "export" / name
     entry["seconds"]["export"] = _command("export-hf", [str(run_dir), str(export_dir), "--eval",
                                                         str(eval_dir / "metrics.json"), "--overwrite"], args.smoke)
+    # export-hf compares the exported model's features with the training model's and fails on a mismatch
     entry["export"] = {"files": sorted(p.name for p in export_dir.iterdir()), "verified": True}
     _write(out, name, entry)
     rates = entry["retinascale"]
