@@ -28,16 +28,7 @@ WORK=${WORK:-runs/gpu-session}
 TEXT=()
 if [ -n "${WHEELS:-}" ]; then
   # Only the distributions missing here: a package this image already has was built for its torch and numpy.
-  mapfile -t MISSING < <("$PY" - "$WHEELS"/*.whl 2>> "$LOG" <<'PY'
-import importlib.metadata as m, os, sys
-for path in sys.argv[1:]:
-    name = os.path.basename(path).split("-")[0]
-    try:
-        print(f"kept {name} {m.version(name)}", file=sys.stderr)
-    except m.PackageNotFoundError:
-        print(path)
-PY
-)
+  mapfile -t MISSING < <("$PY" benchmarks/missing_wheels.py "$WHEELS"/*.whl 2>> "$LOG")
   if [ ${#MISSING[@]} -gt 0 ]; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
       "${MISSING[@]}" && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}

@@ -8,7 +8,8 @@
 #     jsonargparse with docstring-parser (the command lines), tensorboard with protobuf and absl-py (the run's
 #     SummaryWriter), scikit-learn with scipy, joblib, threadpoolctl and narwhals (eval's metrics and probes);
 #   minilm-tokenizer/: the bundled MiniLM's tokenizer files, no weights (the random-init text towers' tokenizer).
-# gpu_session.sh installs only those whose distribution the GPU machine lacks, so its own builds stay in use.
+# gpu_session.sh installs only those whose distribution the GPU machine lacks (benchmarks/missing_wheels.py), so
+# its own builds stay in use. benchmarks/gpu_wheels_check.py checks on a CPU that the list is complete.
 # Binary wheels are the cp312 manylinux ones; DeepSpeed has only an sdist, so it is built here into a
 # py3-none-any wheel with its CUDA ops left out (DS_BUILD_OPS=0: they would JIT-compile; the training uses torch's
 # AdamW), which installs without a compiler. About 60 MB in all, scipy 35 of it: the carry limit is 64 MiB.
