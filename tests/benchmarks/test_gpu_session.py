@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,3 +45,13 @@ def test_named_configs_and_scripts_exist_and_configs_load():
         cfg = load_config(TrainConfig, REPO / path)
         assert cfg.engine.precision == "bf16" and cfg.model.text.random_init
         assert cfg.run.steps >= 100 and cfg.run.steps // cfg.run.log_every >= 5  # enough intervals for a median
+
+
+def test_only_wheels_of_absent_distributions_are_installed():
+    # names only: missing_wheels.py reads the distribution from the file name and asks this interpreter
+    wheels = ["x/pytest-1.0-py3-none-any.whl", "x/scikit_learn-1.0-cp312-cp312-manylinux_2_28_x86_64.whl",
+              "x/no_such_distribution_here-1.0-py3-none-any.whl"]
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "missing_wheels.py"), *wheels],
+                          capture_output=True, text=True, check=True)
+    assert proc.stdout.split() == ["x/no_such_distribution_here-1.0-py3-none-any.whl"]
+    assert "kept pytest" in proc.stderr and "kept scikit_learn" in proc.stderr
