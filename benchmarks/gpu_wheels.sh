@@ -6,13 +6,15 @@
 #   retina-pretrain train / eval / export-hf: DeepSpeed and its requirements (einops, hjson, msgpack, ninja, psutil,
 #     py-cpuinfo, pydantic with pydantic-core, annotated-types, typing-inspection), webdataset with braceexpand,
 #     jsonargparse with docstring-parser (the command lines), tensorboard with protobuf and absl-py (the run's
-#     SummaryWriter), scikit-learn with scipy, joblib, threadpoolctl and narwhals (eval's metrics and probes);
+#     SummaryWriter), scikit-learn with scipy, joblib (+ cloudpickle), threadpoolctl and narwhals (eval's metrics
+#     and probes);
 #   minilm-tokenizer/: the bundled MiniLM's tokenizer files, no weights (the random-init text towers' tokenizer).
 # gpu_session.sh installs only those whose distribution the GPU machine lacks (benchmarks/missing_wheels.py), so
 # its own builds stay in use. benchmarks/gpu_wheels_check.py checks on a CPU that the list is complete.
-# Binary wheels are the cp312 manylinux ones; DeepSpeed has only an sdist, so it is built here into a
+# Binary wheels are the cp312 manylinux ones; DeepSpeed has only an sdist, so it is built locally into a
 # py3-none-any wheel with its CUDA ops left out (DS_BUILD_OPS=0: they would JIT-compile; the training uses torch's
-# AdamW), which installs without a compiler. About 60 MB in all, scipy 35 of it: the carry limit is 64 MiB.
+# AdamW), which installs without a compiler. About 58 MiB in all, scipy 34 of it:
+# at most 64 MiB beside the repository travels to the GPU machine.
 # Versions follow constraints.txt.
 # Usage: bash benchmarks/gpu_wheels.sh [DIR]   (`make gpu-wheels`; default .whl; gpu_session.sh takes it as WHEELS)
 #   PYTHON: an interpreter with the project's torch (builds DeepSpeed, finds the MiniLM tokenizer); default python3
