@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo-output
 PYTEST_ARGS ?=
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean gpu-wheels
 
 install: $(STAMP)
 
@@ -24,6 +24,11 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	bash scripts/demo.sh $(PY) $(DEMO_DIR)
+
+# The wheels (and tokenizer files) a GPU session carries: benchmarks/gpu_wheels.sh, then
+# OUT=dir WHEELS=.whl bash benchmarks/gpu_session.sh on the GPU machine.
+gpu-wheels: $(STAMP)
+	PYTHON=$(PY) bash benchmarks/gpu_wheels.sh .whl
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

@@ -75,19 +75,35 @@ def _summary(times: dict[str, list[float]], batch: int, baseline: str) -> dict[s
 # ----------------------------------------------------------------------------- CPU: the demo config
 
 
-def _demo_shards(workdir: Path) -> tuple[Path, Path]:
+def synthetic_shards(workdir: Path, public: int, elite: int, eval: int = 0, image_size: int = 96,
+                     workers: int = 1, synth_size: int | None = None) -> dict[str, Path]:
+    """Synthetic fundus data built into shard sets as `make demo` builds them: public (the FLAIR-layout
+    sources), elite (MM-Retinal) and, with eval > 0, eval (the transferability sets, split test).
+    `synth_size`: render the images this size (rendering is single-process and slow at 512 px), then resize
+    them to the shards' `image_size` canvases while building."""
     from shards.build import BuildConfig, build
     from shards.synth import synthesize
 
     data = workdir / "data"
-    synthesize(data, public=200, elite=64, eval=0, seed=0, image_size=96, progress=False)
+    synthesize(data, public=public, elite=elite, eval=eval, seed=0, image_size=synth_size or image_size,
+               progress=False)
     frames = sorted((data / "dataframes" / "pretraining").glob("9*_SYNTH_*.csv"))
-    public, elite = workdir / "public", workdir / "elite"
-    build(BuildConfig(out=public, sources=[f"flair:{f}:{data / 'images'}" for f in frames], shard_size=50,
-                      image_size=96, workers=1, progress=False))
-    build(BuildConfig(out=elite, sources=[f"mm-retinal:{data / 'images' / 'MM-Retinal'}"], shard_size=32,
-                      image_size=96, workers=1, progress=False))
-    return public, elite
+    sets = {"public": [f"flair:{f}:{data / 'images'}" for f in frames],
+            "elite": [f"mm-retinal:{data / 'images' / 'MM-Retinal'}"]}
+    if eval:
+        sets["eval"] = [f"flair:{data / 'dataframes' / 'transferability' / 'classification'}:{data / 'images'}"]
+    out = {}
+    for name, sources in sets.items():
+        out[name] = workdir / name
+        build(BuildConfig(out=out[name], sources=sources, shard_size=max(32, (public + elite) // 8),
+                          image_size=image_size, split="test=100" if name == "eval" else "train=100",
+                          order="source" if name == "eval" else "shuffle", workers=workers, progress=False))
+    return out
+
+
+def _demo_shards(workdir: Path) -> tuple[Path, Path]:
+    sets = synthetic_shards(workdir, public=200, elite=64)
+    return sets["public"], sets["elite"]
 
 
 def run_cpu(args: argparse.Namespace) -> dict:
@@ -164,35 +180,50 @@ def _gpu_model(attention: str | None) -> torch.nn.Module:
     return build_model(ModelConfig(vision=vision, text=text, embed_dim=512))
 
 
-def run_gpu(args: argparse.Namespace) -> dict:
+def synthetic_batch(batch: int, image_size: int, device: torch.device, seq: int = 77,
+                    seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random images, token ids with random lengths (padded batches) and category ids, already on `device`."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    lengths = torch.randint(8, seq + 1, (batch,), device=device, generator=gen)
+    return {"pixel_values": torch.randn(batch, 3, image_size, image_size, device=device, generator=gen),
+            "input_ids": torch.randint(1000, 30000, (batch, seq), device=device, generator=gen),
+            "attention_mask": (torch.arange(seq, device=device)[None] < lengths[:, None]).long(),
+            "category_ids": torch.randint(0, 16, (batch,), device=device, generator=gen)}
+
+
+def plain_step(model: torch.nn.Module, inputs: dict[str, torch.Tensor], loss_backend: str,
+               weight_decay: float = 0.1, lr: float = 1e-4) -> Callable[[], None]:
+    """One step of the plain loop on fixed inputs: bf16 autocast forward, the contrastive loss (category
+    positives), backward, clip, torch AdamW (fused on CUDA)."""
     from kernels import contrastive_loss
     from pretrain.engine import param_groups
 
+    device = inputs["pixel_values"].device
+    optimizer = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, fused=device.type == "cuda")
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            out = model(pixel_values=inputs["pixel_values"], input_ids=inputs["input_ids"],
+                        attention_mask=inputs["attention_mask"])
+            loss = contrastive_loss(out["image_embeds"], out["text_embeds"], out["logit_scale"],
+                                    labels=inputs["category_ids"], positives="labels", backend=loss_backend)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+    return step
+
+
+def run_gpu(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    gen = torch.Generator(device=device).manual_seed(0)
     batch, seq = args.batch, 77
-    images = torch.randn(batch, 3, 224, 224, device=device, generator=gen)
-    input_ids = torch.randint(1000, 30000, (batch, seq), device=device, generator=gen)
-    lengths = torch.randint(8, seq + 1, (batch,), device=device, generator=gen)
-    attention_mask = (torch.arange(seq, device=device)[None] < lengths[:, None]).long()
-    category_ids = torch.randint(0, 16, (batch,), device=device, generator=gen)
+    inputs = synthetic_batch(batch, 224, device, seq)
 
     def make_step(attention: str | None, loss_backend: str) -> tuple[Callable[[], None], torch.nn.Module]:
         torch.manual_seed(0)
         model = _gpu_model(attention).to(device)
-        optimizer = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-4, fused=True)
-
-        def step() -> None:
-            with torch.autocast(device.type, dtype=torch.bfloat16):
-                out = model(pixel_values=images, input_ids=input_ids, attention_mask=attention_mask)
-                loss = contrastive_loss(out["image_embeds"], out["text_embeds"], out["logit_scale"],
-                                        labels=category_ids, positives="labels", backend=loss_backend)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-        return step, model
+        return plain_step(model, inputs, loss_backend), model
 
     plan = {"baseline": (None, "eager"), "kernels": ("triton", "triton"), "sdpa+triton-loss": ("sdpa", "triton")}
     variants, memory, attn_impl = {}, {}, {}
