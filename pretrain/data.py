@@ -293,8 +293,6 @@ def _vocabulary(shard_dir: str | Path) -> list[str]:
     return list(load_index(local_or_url(shard_dir))["label_vocabulary"])
 
 
-
-
 def _transform(cfg: DataConfig, augment: bool, scaling: str, crop_foreground: bool = False) -> Callable:
     if not augment:
         return eval_transform(cfg.image_size, scaling, crop_foreground)
