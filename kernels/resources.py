@@ -148,13 +148,14 @@ def _attention_launch(case: Case):
 
     q = torch.zeros(2, 4, 256, case.dim, dtype=DTYPES[case.dtype])
     pad = torch.ones(2, 256, dtype=torch.bool)
+    causal = case.params["causal"]
     if case.kernel == "fwd":
-        return tf._fwd_tuned, lambda: tf.attention_forward(q, q, q, pad), ()
+        return tf._fwd_tuned, lambda: tf.attention_forward(q, q, q, pad, causal), ()
     lse = torch.zeros(2, 4, 256)
-    backward = lambda: tf.attention_backward(q, q, q, q, q, lse, pad)  # noqa: E731
-    if case.kernel == "dkdv":
-        return tf._dkdv_tuned, backward, (tf._attn_bwd_preprocess_kernel,)
-    return tf._dq_tuned, backward, (tf._attn_bwd_preprocess_kernel, tf._dkdv_tuned)
+    backward = lambda: tf.attention_backward(q, q, q, q, q, lse, pad, causal)  # noqa: E731
+    if case.kernel == "dq":  # the backward's first launch
+        return tf._dq_tuned, backward, ()
+    return tf._dkdv_tuned, backward, (tf._dq_tuned,)
 
 
 # ------------------------------------------------------------------------------------ compilation

@@ -176,6 +176,28 @@ def test_triton_launchers_write_every_element(causal):
 
 
 @needs_triton
+@pytest.mark.parametrize("block_m, block_n", [(32, 16), (16, 32)], ids=["tall", "wide"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_triton_unequal_blocks_split_masked_and_full_tiles(block_m, block_n, causal):
+    """Query and key blocks of different sizes move where the full tiles end and the diagonal ones begin
+    (forward, dq: key tiles; dk/dv: query tiles); Lq > Lk and padding leave boundary tiles on both sides."""
+    from kernels.attention.triton_flash import attention_backward, attention_forward
+
+    gen = torch.Generator().manual_seed(8)
+    q, k, v = (x.float() for x in _qkv(gen, 77, 61, 16))
+    mask = _padding(gen, 2, 61, causal)
+    blocks = dict(block_m=block_m, block_n=block_n)
+    out, lse = attention_forward(q, k, v, mask, causal, **blocks)
+    do = torch.randn(q.shape, generator=gen).to(DEVICE)
+    grads = attention_backward(do, q, k, v, out, lse, mask, causal, **blocks)
+    leaves = [x.double().requires_grad_() for x in (q, k, v)]
+    ref = attention(*leaves, key_padding_mask=mask, causal=causal, backend="eager")
+    ref_grads = torch.autograd.grad(ref, leaves, do.double())
+    for got, want in zip((out, *grads), (ref, *ref_grads)):
+        torch.testing.assert_close(got.double(), want, atol=ATOL, rtol=RTOL)
+
+
+@needs_triton
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_triton_16bit_matches_reference(dtype):
     """16-bit inputs (the interpreter upcasts the rounded dot operands; a GPU runs native MMA)."""
