@@ -258,6 +258,41 @@ def test_default_backend():
     assert resolve_backend(None, "cuda") == "sdpa"  # measured faster than our Triton kernel on an H100
 
 
+@pytest.mark.parametrize("problem, row", [
+    (registry.Problem(197, 197, 64), "cuda-default"),
+    (registry.Problem(1025, 1025, 64), "cuda-long"),
+    (registry.Problem(256, 256, 64, padded=True), "cuda-padded"),
+    (registry.Problem(64, 64, 64, causal=True, padded=True), "cuda-causal"),
+    (registry.Problem(64, 197, 64), "cuda-cross"),
+    (registry.Problem(77, 77, 64, padded=True, varlen=True), "cuda-varlen"),
+])
+def test_dispatch_table_rows_by_shape(problem, row):
+    found = registry.dispatch_row("cuda", problem)
+    assert found.name == row and found.backend in BACKENDS
+    assert registry.dispatch_row("cpu", problem).name == "other-default"
+
+
+def test_every_dispatch_row_cites_a_results_file_that_exists():
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    for row in registry.DISPATCH:
+        assert (repo / row.evidence).is_file(), row
+    for device in ("cuda", "other"):  # each device ends with a row that matches everything
+        assert [r for r in registry.DISPATCH if r.device == device][-1].applies(registry.Problem(1, 2, 3, True, True))
+
+
+def test_dispatch_choice_that_cannot_run_is_an_error(monkeypatch):
+    """A row pointing at a backend unavailable here raises; it does not quietly take another backend."""
+    rows = tuple(registry.Measured(r.name, r.device, r.applies, "xformers" if r.device == "other" else r.backend,
+                                   r.evidence, r.note) for r in registry.DISPATCH)
+    monkeypatch.setattr(registry, "DISPATCH", rows)
+    q = torch.zeros(1, 1, 4, 16)
+    with pytest.raises(RuntimeError, match="dispatch table picks 'xformers'.*other-default"):
+        attention(q, q, q)
+    assert attention(q, q, q, backend="sdpa").shape == q.shape
+
+
 @pytest.mark.parametrize("shapes", [
     ((2, 3, 5, 16), (2, 3, 7, 16), (2, 3, 7, 8)),
     ((2, 3, 5, 16), (1, 3, 7, 16), (1, 3, 7, 16)),
