@@ -446,8 +446,9 @@ def _attn_bwd_dkdv_kernel(
 # registers of 16-bit ones and run on FMA units (no wgmma), so fp32 gets its own small tiles at 8 warps, and
 # at Dh = 128 the dk/dv kernel (which holds k, v, dk, dv) fits only 32 x 16 and 16 x 32. Entries within 16
 # registers of the 255 cap are left out too (e.g. 16-bit Dh = 128: dq 128 x 64, dk/dv 128 x 32 and 64 x 64 at
-# 254-255): an older Triton (the GPU machine's) or ptxas may allocate a few more and spill. Dh 129..256 get
-# one small config each. tests/kernels/test_resources.py compiles every entry for Dh 32, 64, 128 and asserts
+# 254-255): an older Triton (the GPU machine's) or ptxas may allocate a few more and spill. The 16-wide
+# head-dim tile shares the rows of 32 and 64 (it needs fewer registers than either); Dh 129..256 get one
+# small config each. tests/kernels/test_resources.py compiles every entry for Dh 32, 64, 128 and asserts
 # no spills and at most 240 registers.
 _16BIT_FWD = ((128, 64, 8, 2), (128, 32, 8, 3), (64, 64, 4, 2), (64, 32, 4, 3))
 _16BIT_DQ = ((128, 64, 8, 2), (128, 32, 8, 2), (64, 64, 4, 2), (64, 32, 4, 3))
