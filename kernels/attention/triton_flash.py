@@ -44,11 +44,12 @@ after it on the same stream, reads it. That keeps delta computed once per row (t
 recomputing it would load every o tile once per key block) and drops the third launch, whose fixed
 cost dominated at short sequences.
 
-Not used, and why: tensor descriptors (TMA, `tl.make_tensor_descriptor`) need 16-byte aligned strides,
-which the strided inputs these kernels accept (fused-qkv views, odd Dh in 16 bits) do not always have,
-so they would be a second load path; it is worth adding only once a GPU run shows the loads are the
-limit. Warp specialisation is not a plain Hopper switch in the pinned Triton (its `warp_specialize`
-loops target Blackwell), so it is left out.
+Not used, and why: tensor descriptors (TMA). The pinned Triton has `tl.make_tensor_descriptor` and its
+interpreter runs them, but a descriptor needs 16-byte aligned strides, which the strided inputs these
+kernels accept do not always have (a fused-qkv view, Dh = 20 in 16 bits), and device-side descriptors
+need a scratch allocator (`triton.set_allocator`): a second load path with its own fallback, worth adding
+only once a GPU run shows the loads are the limit. Warp specialisation: `tl.range(..., warp_specialize=True)`
+is documented in the pinned Triton as Blackwell-only, so there is no Hopper switch to turn on.
 
 Dh of 16, 32, 64, 128 are native tiles; any other Dh <= 256 runs in a tile padded to the next power
 of two >= 16 (the extra columns load as zeros and are never stored, so nothing is copied). Dots
