@@ -9,14 +9,20 @@ Times `kernels.attention.attention(..., backend=PROVIDER)` for the providers
     eager      explicit softmax(QK^T)V, every B x H x Lq x Lk matrix materialised
 
 on the shapes the models use (`SHAPES`: ViT-B/16 and ViT-L/14 at 224 px, ViT-B/16 at 512 px, padded text,
-the caption decoder's causal self- and cross-attention, and L = 4096, Dh = 128 as the compute-bound point
-of a roofline), in three modes: forward (autograd recording, as in training), backward (alone, after an
-untimed forward) and full (forward + backward). Times are medians of --repeats runs after --warmup runs;
+varlen text, the caption decoder's causal self- and cross-attention, and L = 4096, Dh = 128 as the
+compute-bound point of a roofline), in three modes: forward (autograd recording, as in training), backward
+(alone, after an untimed forward) and full (forward + backward). Times are medians of --repeats runs after --warmup runs;
 an out-of-memory measurement is recorded as "oom" and the sweep goes on.
 
 TFLOP/s count the dense matmuls: forward 4*B*H*Lq*Lk*Dh (QK^T and PV, 2 FLOPs per multiply-add),
 backward 2.5x forward (dV, dP, dQ, dK, plus recomputing QK^T), full 3.5x; halved for causal shapes (the
 kernels skip the upper triangle). Padding is not discounted: a padded shape counts its full length.
+
+Varlen text (`varlen=True`): a batch of captions with lengths shaped like MM-Retinal's CFP captions
+(median 43 of 77 tokens, 17% cut at 77: benchmarks/results/text_padding-cpu.json). The triton provider runs
+`attention_varlen` on the real tokens packed without padding (what the text tower can do with the packed
+path); every other provider runs the dense op on the padded batch with the key padding mask (what the text
+tower does otherwise). Both count the padded FLOPs, so their TFLOP/s compare as times do.
 
 On CUDA: bf16, the batch sizes of `SHAPES`. On CPU: fp32, batch 2 and no L = 4096 shapes (pass --shapes to
 time them), a couple of minutes in all. Writes benchmarks/results/attention-<device>.json and a .png beside it.
@@ -62,6 +68,7 @@ class Shape:
     head_dim: int
     causal: bool = False
     padded: bool = False  # random key lengths per batch element (seeded), the first one full
+    varlen: bool = False  # padded self-attention whose triton provider runs packed (attention_varlen)
     note: str = ""
 
     def flops(self, mode: str) -> float:
@@ -74,6 +81,8 @@ SHAPES = (
     Shape("vit_l14_224", 32, 16, 257, 257, 64, note="ViT-L/14 at 224 px: 256 patches + CLS"),
     Shape("vit_b16_512", 32, 12, 1025, 1025, 64, note="ViT-B/16 at 512 px: 1024 patches + CLS"),
     Shape("text_256_padded", 32, 12, 256, 256, 64, padded=True, note="BERT-base text encoder, padded batch"),
+    Shape("text_varlen_77", 256, 12, 77, 77, 64, padded=True, varlen=True,
+          note="text encoder over MM-Retinal-like captions: triton packed (varlen) vs the others padded + mask"),
     Shape("decoder_self_64", 32, 12, 64, 64, 64, causal=True, padded=True,
           note="caption decoder: causal self-attention over padded captions"),
     Shape("decoder_cross_64x197", 32, 12, 64, 197, 64,
@@ -105,11 +114,21 @@ class Config:
 
 # ---------------------------------------------------------------- inputs and providers
 
+CAPTION_SHARE_AT_MAX, CAPTION_MEDIAN_SHARE = 0.174, 43 / 77  # MM-Retinal CFP captions at 77 tokens
+
+
 def key_lengths(shape: Shape, seed: int) -> list[int]:
     if not shape.padded:
         return [shape.seq_k] * shape.batch
     gen = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(max(1, shape.seq_k // 4), shape.seq_k + 1, (shape.batch,), generator=gen)
+    if shape.varlen:  # caption-like: a share cut at the maximum, the rest spread around the median
+        median = max(1, round(shape.seq_k * CAPTION_MEDIAN_SHARE))
+        spread = torch.randint(max(1, median // 4), min(shape.seq_k, 2 * median - median // 4) + 1, (shape.batch,),
+                               generator=gen)
+        at_max = torch.rand(shape.batch, generator=gen) < CAPTION_SHARE_AT_MAX
+        lengths = torch.where(at_max, shape.seq_k, spread)
+    else:
+        lengths = torch.randint(max(1, shape.seq_k // 4), shape.seq_k + 1, (shape.batch,), generator=gen)
     lengths[0] = shape.seq_k  # the longest sets the padded length, as in a real batch
     return lengths.tolist()
 
@@ -126,13 +145,38 @@ def make_inputs(shape: Shape, dtype: str, device: torch.device, seed: int) -> di
     if shape.padded:
         lengths = torch.tensor(key_lengths(shape, seed), device=device)
         padding = torch.arange(shape.seq_k, device=device)[None, :] < lengths[:, None]
-    return {"q": tensor(shape.seq_q), "k": tensor(shape.seq_k), "v": tensor(shape.seq_k),
-            "key_padding_mask": padding, "grad": tensor(shape.seq_q, grad=False)}
+    inputs = {"q": tensor(shape.seq_q), "k": tensor(shape.seq_k), "v": tensor(shape.seq_k),
+              "key_padding_mask": padding, "grad": tensor(shape.seq_q, grad=False)}
+    if shape.varlen:
+        inputs["packed"] = pack(inputs, key_lengths(shape, seed))
+    return inputs
+
+
+def pack(inputs: dict, lengths: list[int]) -> dict:
+    """The real tokens of a padded self-attention batch as packed (total, H, Dh) leaves with cu_seqlens."""
+    from kernels.attention import cu_seqlens_from_lengths
+
+    def packed(t: torch.Tensor, grad: bool = True) -> torch.Tensor:
+        rows = torch.cat([t[b, :, :n].transpose(0, 1) for b, n in enumerate(lengths)]).detach().contiguous()
+        return rows.requires_grad_(grad)
+
+    cu = cu_seqlens_from_lengths(torch.tensor(lengths)).to(inputs["q"].device)
+    return {"q": packed(inputs["q"]), "k": packed(inputs["k"]), "v": packed(inputs["v"]),
+            "grad": packed(inputs["grad"], grad=False), "cu_seqlens": cu, "max_seqlen": max(lengths)}
+
+
+def provider_inputs(provider: str, shape: Shape, inputs: dict) -> dict:
+    """What a provider runs on: the packed tokens for triton on a varlen shape, else the (padded) batch."""
+    return inputs["packed"] if shape.varlen and provider == "triton" else inputs
 
 
 def make_call(provider: str, shape: Shape, inputs: dict) -> Callable[[], torch.Tensor]:
-    from kernels.attention import attention
+    from kernels.attention import attention, attention_varlen
 
+    if "cu_seqlens" in inputs:
+        cu, longest = inputs["cu_seqlens"], inputs["max_seqlen"]
+        return lambda: attention_varlen(inputs["q"], inputs["k"], inputs["v"], cu, cu, longest, longest,
+                                        causal=shape.causal, backend=provider)
     return lambda: attention(inputs["q"], inputs["k"], inputs["v"], causal=shape.causal,
                              key_padding_mask=inputs["key_padding_mask"], backend=provider)
 
@@ -176,6 +220,7 @@ def run_mode(call: Callable[[], torch.Tensor], inputs: dict, mode: str, device: 
 
 
 def time_point(provider: str, shape: Shape, inputs: dict, mode: str, cfg: Config) -> dict:
+    inputs = provider_inputs(provider, shape, inputs)
     call = make_call(provider, shape, inputs)
 
     def runs() -> list[float]:

@@ -81,7 +81,7 @@ def capture_launch(kernel, launch, skip=()) -> _Captured:
 # ------------------------------------------------------------------------------------- the cases
 
 
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 CONTRASTIVE_LABELS = {  # variant -> (label kind, LossOptions fields)
     "no-labels": (None, {}),
     "class-exclude": ("class", {"exclude_false_negatives": True}),
@@ -115,9 +115,10 @@ def candidate_cases(dims=(512, 768)) -> list[Case]:
             for kernel in ("fwd", "ds") for candidate in SWEEP_CANDIDATES]
 
 
-def attention_cases(head_dims=(64, 128), dtypes=("bf16", "fp32")) -> list[Case]:
-    return [Case("attention", kernel, dtype, dim, "padding mask", dict(causal=False))
-            for dtype in dtypes for dim in head_dims for kernel in ("fwd", "dkdv", "dq")]
+def attention_cases(head_dims=(32, 64, 128), dtypes=("bf16", "fp16", "fp32")) -> list[Case]:
+    """Causal + key padding mask: the variant with the most live values (every mask on the boundary tiles)."""
+    return [Case("attention", kernel, dtype, dim, "causal + padding mask", dict(causal=True))
+            for dtype in dtypes for dim in head_dims for kernel in ("fwd", "dq", "dkdv")]
 
 
 def _contrastive_launch(case: Case):
@@ -148,13 +149,14 @@ def _attention_launch(case: Case):
 
     q = torch.zeros(2, 4, 256, case.dim, dtype=DTYPES[case.dtype])
     pad = torch.ones(2, 256, dtype=torch.bool)
+    causal = case.params["causal"]
     if case.kernel == "fwd":
-        return tf._fwd_tuned, lambda: tf.attention_forward(q, q, q, pad), ()
+        return tf._fwd_tuned, lambda: tf.attention_forward(q, q, q, pad, causal), ()
     lse = torch.zeros(2, 4, 256)
-    backward = lambda: tf.attention_backward(q, q, q, q, q, lse, pad)  # noqa: E731
-    if case.kernel == "dkdv":
-        return tf._dkdv_tuned, backward, (tf._attn_bwd_preprocess_kernel,)
-    return tf._dq_tuned, backward, (tf._attn_bwd_preprocess_kernel, tf._dkdv_tuned)
+    backward = lambda: tf.attention_backward(q, q, q, q, q, lse, pad, causal)  # noqa: E731
+    if case.kernel == "dq":  # the backward's first launch
+        return tf._dq_tuned, backward, ()
+    return tf._dkdv_tuned, backward, (tf._dq_tuned,)
 
 
 # ------------------------------------------------------------------------------------ compilation
@@ -215,11 +217,19 @@ def _config_text(kwargs: dict) -> str:
     return " ".join(f"{k}={kwargs[k]}" for k in keys if k in kwargs)
 
 
+def tuned_configs(call: _Captured) -> list:
+    """The configs the autotuner would try for this call: its space after its own early_config_prune."""
+    tuner = call.kernel
+    if getattr(tuner, "early_config_prune", None) is None:
+        return list(tuner.configs)
+    return tuner.early_config_prune(tuner.configs, dict(zip(tuner.arg_names, call.args)), **call.kwargs)
+
+
 def run_case(case: Case) -> list[dict]:
     """Every configuration of one case, each compiled and judged."""
     kernel, launch, skip = (_contrastive_launch if case.family == "contrastive" else _attention_launch)(case)
     call = capture_launch(kernel, launch, skip)
-    configs = [c.all_kwargs() for c in call.kernel.configs] if hasattr(call.kernel, "configs") else [{}]
+    configs = [c.all_kwargs() for c in tuned_configs(call)] if hasattr(call.kernel, "configs") else [{}]
     rows = []
     for extra in configs:
         row = asdict(case) | {"config": _config_text(call.kwargs | extra)}
@@ -290,8 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="skip the contrastive tile-sweep candidates (compiled so the GPU sweep tries only "
                              "those that pass)")
     parser.add_argument("--dims", type=int, nargs="+", default=[512, 768], help="contrastive embedding sizes")
-    parser.add_argument("--head-dims", type=int, nargs="+", default=[64, 128], help="attention head sizes")
-    parser.add_argument("--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES))
+    parser.add_argument("--head-dims", type=int, nargs="+", default=[32, 64, 128], help="attention head sizes")
+    parser.add_argument("--dtypes", nargs="+", choices=DTYPES,
+                        help="input dtypes (default: bf16 fp32 for contrastive, bf16 fp16 fp32 for attention)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compiler processes (default: cores)")
     parser.add_argument("--require", nargs="*", choices=FAMILIES, default=["contrastive"],
                         help="families whose every configuration must pass (exit 1 otherwise); default contrastive")
@@ -303,11 +314,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cases = []
     if "contrastive" in args.families:
-        cases += contrastive_cases(tuple(args.dims), tuple(args.dtypes))
-        if args.candidates and "bf16" in args.dtypes:
+        dtypes = tuple(args.dtypes or ("bf16", "fp32"))
+        cases += contrastive_cases(tuple(args.dims), dtypes)
+        if args.candidates and "bf16" in dtypes:
             cases += candidate_cases(tuple(args.dims))
     if "attention" in args.families:
-        cases += attention_cases(tuple(args.head_dims), tuple(args.dtypes))
+        cases += attention_cases(tuple(args.head_dims), tuple(args.dtypes or ("bf16", "fp16", "fp32")))
     print(f"compiling {len(cases)} kernel variants for sm_{ARCH}a ...", file=sys.stderr, flush=True)
     rows = report(cases, args.jobs)
     failed = [r for r in rows if not r["ok"] and r["family"] in args.require and not r["variant"].startswith("candidate")]

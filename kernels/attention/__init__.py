@@ -15,7 +15,8 @@ A fully masked query row (no key it may attend) outputs zeros and gets zero grad
 Backends: "triton" (FlashAttention-2 kernels of `kernels.attention.triton_flash`; CUDA, or the CPU
 interpreter under TRITON_INTERPRET=1; Dh <= 256), "xformers" (memory_efficient_attention; CUDA and an
 importable xformers), "sdpa" (torch's scaled_dot_product_attention), "eager" (explicit softmax(QK^T)V;
-the test reference in float64). None picks sdpa everywhere (registry.py says why). Asking for a
+the test reference in float64). None follows the measured dispatch table (registry.DISPATCH: sdpa
+at every measured shape today, each row citing its results file). Asking for a
 backend that cannot run raises RuntimeError with the reason; there is no silent fallback.
 
 `attention_varlen` (kernels.attention.varlen) is the same op over sequences packed without padding, in
@@ -28,7 +29,7 @@ import math
 
 import torch
 
-from kernels.attention.registry import BACKENDS, available_backends, backend_function, resolve_backend
+from kernels.attention.registry import BACKENDS, Problem, available_backends, backend_function, resolve_backend
 from kernels.attention.varlen import attention_varlen, cu_seqlens_from_lengths
 
 
@@ -58,7 +59,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     if key_padding_mask is not None and key_padding_mask.dtype != torch.bool:
         key_padding_mask = key_padding_mask != 0
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    name = resolve_backend(backend, q.device)
+    problem = Problem(q.shape[2], k.shape[2], q.shape[3], bool(causal), key_padding_mask is not None)
+    name = resolve_backend(backend, q.device, problem)
     return backend_function(name)(q, k, v, key_padding_mask, bool(causal), scale)
 
 

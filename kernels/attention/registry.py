@@ -1,14 +1,19 @@
 """Attention backends: names, availability on a device, and the resolver `attention()` calls.
 
 An explicitly requested backend that cannot run raises RuntimeError with the reason; only
-`backend=None` chooses, and it picks "sdpa" everywhere: on an H100, torch's SDPA (FlashAttention) beat our
-Triton kernel at every measured shape (benchmarks/results/gpu-h100-notes.md), so Triton is opt-in.
+`backend=None` chooses, from `DISPATCH`: a table of measured regions (device, shape kind), each row
+naming the backend that was fastest there and the results file that shows it. Today every row says
+"sdpa": on an H100, torch's SDPA (FlashAttention) beat our Triton kernel at every measured shape
+(benchmarks/results/gpu-h100-notes.md), so Triton is opt-in. A row changes only with a results file that
+shows otherwise; varlen text is where the Triton varlen path is expected to win, and it is not measured
+on a GPU yet. If the table's choice cannot run on the device, that is an error too: nothing falls back.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -52,10 +57,72 @@ def available_backends(device: torch.device | str) -> list[str]:
     return [name for name in BACKENDS if unavailable_reason(name, device) is None]
 
 
-def resolve_backend(backend: str | None, device: torch.device | str) -> str:
+@dataclass(frozen=True)
+class Problem:
+    """What the dispatch table looks at: one attention call's shape and mask kind."""
+
+    seq_q: int
+    seq_k: int
+    head_dim: int
+    causal: bool = False
+    padded: bool = False  # a key padding mask is given
+    varlen: bool = False  # attention_varlen (packed sequences)
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One row of the dispatch table: where it applies, the backend measured fastest there, and the evidence."""
+
+    name: str
+    device: str  # torch device type the row is for; "other" covers every non-CUDA device
+    applies: Callable[[Problem], bool]
+    backend: str
+    evidence: str  # results file, relative to the repository root
+    note: str
+
+
+H100_ATTENTION = "benchmarks/results/attention-h100.json"
+H100_NOTES = "benchmarks/results/gpu-h100-notes.md"
+CPU_ATTENTION = "benchmarks/results/attention-cpu.json"
+
+# First matching row of the device wins; each device's last row matches everything (its default).
+DISPATCH = (
+    Measured("cuda-varlen", "cuda", lambda p: p.varlen, "sdpa", H100_NOTES,
+             "not measured on a GPU yet: the Triton varlen path (packed captions, no padding) is the candidate, "
+             "sdpa (once per sequence) stays until a results file shows Triton faster"),
+    Measured("cuda-cross", "cuda", lambda p: p.seq_q != p.seq_k, "sdpa", H100_ATTENTION,
+             "decoder_cross_64x197, fwd+bwd: sdpa 0.18 ms, triton 1.06 ms"),
+    Measured("cuda-causal", "cuda", lambda p: p.causal, "sdpa", H100_ATTENTION,
+             "decoder_self_64 (causal, padded), fwd+bwd: sdpa 0.71 ms, triton 1.06 ms"),
+    Measured("cuda-padded", "cuda", lambda p: p.padded, "sdpa", H100_ATTENTION,
+             "text_256_padded, fwd+bwd: sdpa 0.63 ms, triton 0.76 ms"),
+    Measured("cuda-long", "cuda", lambda p: p.seq_q >= 1024, "sdpa", H100_ATTENTION,
+             "vit_b16_512 (1025 tokens), fwd+bwd: sdpa 1.36 ms, triton 1.88 ms"),
+    Measured("cuda-default", "cuda", lambda p: True, "sdpa", H100_ATTENTION,
+             "vit_b16_224 (197 tokens), fwd+bwd: sdpa 0.25 ms, triton 0.83 ms"),
+    Measured("other-default", "other", lambda p: True, "sdpa", CPU_ATTENTION,
+             "sdpa beat eager at every CPU shape; Triton runs on a CPU only in its interpreter (tests)"),
+)
+
+
+def dispatch_row(device: torch.device | str, problem: Problem | None = None) -> Measured:
+    """The table row `backend=None` follows for `problem` on `device` (no problem: the device's default)."""
+    kind = "cuda" if torch.device(device).type == "cuda" else "other"
+    rows = [row for row in DISPATCH if row.device == kind]
+    if problem is None:
+        return rows[-1]
+    return next(row for row in rows if row.applies(problem))
+
+
+def resolve_backend(backend: str | None, device: torch.device | str, problem: Problem | None = None) -> str:
     device = torch.device(device)
     if backend is None:
-        return "sdpa"
+        row = dispatch_row(device, problem)
+        reason = unavailable_reason(row.backend, device)
+        if reason is not None:  # the table's choice, not a silent second choice
+            raise RuntimeError(f"the dispatch table picks {row.backend!r} here (row {row.name}, {row.evidence}), "
+                               f"but it is unavailable: {reason}; pass backend= to choose another")
+        return row.backend
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; expected one of {BACKENDS}")
     reason = unavailable_reason(backend, device)

@@ -14,14 +14,42 @@ Backward, with delta_i = <do_i, o_i> (= sum_j p_ij <do_i, v_j>):
     dq_i  = scale * sum_j ds_ij k_j         dk_j = scale * sum_i ds_ij q_i
 
 Nothing Lq x Lk is stored. The forward sweeps key blocks with an online softmax (running max m_i and
-sum l_i, in base 2 since exp2 is the native instruction) and saves lse_i. The backward recomputes p
-from q, k and lse_i twice: once per key block (dk, dv; loop over query blocks) and once per query
-block (dq; loop over key blocks), so there are no atomics. Causal programs skip the key blocks above
-the diagonal (dk/dv programs: the query blocks before it) and mask inside the blocks they visit.
+sum l_i) and saves lse_i. The backward recomputes p from q, k and lse_i twice: once per query block
+(dq; loop over key blocks) and once per key block (dk, dv; loop over query blocks), so there are no
+atomics. Causal programs skip the key blocks above the diagonal (dk/dv programs: the query blocks
+before it).
+
+Base 2 throughout: exp2 is the native instruction, so scale * log2(e) is folded once into the operand
+each program holds for its whole loop (q in the forward and dq kernels, k in the dk/dv kernel), the
+dots then give s_ij * log2(e) directly, and lse is saved in base 2 (lse2_i = lse_i * log2(e)) for the
+backward to use as it is. For 16-bit inputs the scaled operand is rounded to the input dtype (one more
+rounding of q or k, relative 2^-9 in bf16), as FlashAttention's Triton tutorial did; fp32 is exact to
+one fp32 rounding.
+
+Masks only on boundary tiles: each key loop is split into the tiles that need no mask (inside the
+sequence and, causal, wholly at or below the diagonal) and the few that do (the diagonal ones, the
+sequence end); the full tiles load without bounds checks and skip the where(). A key padding mask is
+a per-key vector, so full tiles still apply it when there is one (one (BLOCK_N,) load per tile). The
+dk/dv kernel needs even less: a key row's dk_j, dv_j depend on that key alone, so padded keys and keys
+past the end are zeroed once at the store instead of masked in every tile; only the causal diagonal and
+the query tail (rows past Lq load as zeros with lse +inf, so their p is 0) are boundary tiles there.
 
 An empty row (every key masked) keeps m_i = -inf: its exponentials are shifted by 0 instead, so no
 (-inf) - (-inf) = NaN appears; l_i stays 0, o_i is stored as 0 and lse_i as -inf. The backward reads
 that lse as +inf, so every p_ij of the row, hence every gradient it contributes, is 0.
+
+Two backward launches, no preprocess: the dq kernel runs first, computes delta_i = <do_i, o_i> for its
+own query block in its prologue (it holds do_i anyway), uses it and stores it; the dk/dv kernel, launched
+after it on the same stream, reads it. That keeps delta computed once per row (the dk/dv kernel
+recomputing it would load every o tile once per key block) and drops the third launch, whose fixed
+cost dominated at short sequences.
+
+Not used, and why: tensor descriptors (TMA). The pinned Triton has `tl.make_tensor_descriptor` and its
+interpreter runs them, but a descriptor needs 16-byte aligned strides, which the strided inputs these
+kernels accept do not always have (a fused-qkv view, Dh = 20 in 16 bits), and device-side descriptors
+need a scratch allocator (`triton.set_allocator`): a second load path with its own fallback, worth adding
+only once a GPU run shows the loads are the limit. Warp specialisation: `tl.range(..., warp_specialize=True)`
+is documented in the pinned Triton as Blackwell-only, so there is no Hopper switch to turn on.
 
 Dh of 16, 32, 64, 128 are native tiles; any other Dh <= 256 runs in a tile padded to the next power
 of two >= 16 (the extra columns load as zeros and are never stored, so nothing is copied). Dots
@@ -59,6 +87,21 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
+def _load_rows(ptr, offs_r, offs_d, stride_r, stride_d, n_rows, CHECK_ROWS: tl.constexpr, HEAD_DIM: tl.constexpr,
+               BLOCK_D: tl.constexpr):
+    """(rows, BLOCK_D) tile, zeros outside; rows are bounds-checked only on boundary tiles, columns only
+    when the head dim is padded."""
+    ptrs = ptr + offs_r[:, None] * stride_r + offs_d[None, :] * stride_d
+    if CHECK_ROWS:
+        tile = tl.load(ptrs, mask=(offs_r < n_rows)[:, None] & (offs_d < HEAD_DIM)[None, :], other=0.0)
+    elif BLOCK_D != HEAD_DIM:
+        tile = tl.load(ptrs, mask=(offs_d < HEAD_DIM)[None, :], other=0.0)
+    else:
+        tile = tl.load(ptrs)
+    return tile
+
+
+@triton.jit
 def _key_valid(offs_n, seq_k, pad_ptr, stride_pn, HAS_PAD: tl.constexpr):
     """(BLOCK_N,) bool: in range and, with a padding mask, a real token."""
     valid = offs_n < seq_k
@@ -75,13 +118,53 @@ def _sequence(cu_ptr, b):
 
 
 @triton.jit
-def _backward_lse2(lse_ptr, offs_m, mask_m):
-    # base-2 lse for the backward; -inf (empty rows) and rows past Lq become +inf, so their p is 0
-    lse = tl.load(lse_ptr + offs_m, mask=mask_m, other=float("-inf"))
-    return tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+def _backward_lse2(lse_ptr, offs_m, seq_q, CHECK_ROWS: tl.constexpr):
+    # the saved base-2 lse; -inf (empty rows) and rows past Lq become +inf, so their p is 0
+    if CHECK_ROWS:
+        lse = tl.load(lse_ptr + offs_m, mask=offs_m < seq_q, other=float("-inf"))
+    else:
+        lse = tl.load(lse_ptr + offs_m)
+    return tl.where(lse == float("-inf"), float("inf"), lse)
 
 
-# ----------------------------------------------------------------------------------------- kernels
+@triton.jit
+def _scaled(x, qk_scale):
+    """x * scale * log2(e) in x's dtype: the one operand of s that carries the softmax scale."""
+    return (x.to(tl.float32) * qk_scale).to(x.dtype)
+
+
+# ----------------------------------------------------------------------------------------- forward
+
+
+@triton.jit
+def _fwd_tiles(acc, l_i, m_i, q, k_ptr, v_ptr, pad_ptr, offs_m, offs_d, start, end, seq_k,
+               stride_kn, stride_kd, stride_vn, stride_vd, stride_pn,
+               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+               CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr, FP32_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """The online softmax over key blocks [start, end); MASKED: boundary tiles (sequence end, causal diagonal)."""
+    for start_n in range(start, end, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        k = _load_rows(k_ptr, offs_n, offs_d, stride_kn, stride_kd, seq_k, MASKED, HEAD_DIM, BLOCK_D)
+        v = _load_rows(v_ptr, offs_n, offs_d, stride_vn, stride_vd, seq_k, MASKED, HEAD_DIM, BLOCK_D)
+        s = mm(q, tl.trans(k), FP32_PRECISION, UPCAST)  # base 2 already: q carries scale * log2(e)
+        if MASKED:
+            allowed = _key_valid(offs_n, seq_k, pad_ptr, stride_pn, HAS_PAD)[None, :]
+            if CAUSAL:
+                allowed = allowed & (offs_n[None, :] <= offs_m[:, None])
+            s = tl.where(allowed, s, float("-inf"))
+        elif HAS_PAD:
+            s = tl.where((tl.load(pad_ptr + offs_n * stride_pn) != 0)[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        if MASKED or HAS_PAD:  # a row may have no key yet: shift by 0, not -inf
+            m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+        else:  # every row has a real key in a full unpadded tile, so m_new is finite
+            m_shift = m_new
+        p = tl.exp2(s - m_shift[:, None])
+        alpha = tl.exp2(m_i - m_shift)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + mm(p.to(v.dtype), v, FP32_PRECISION, UPCAST)
+        m_i = m_new
+    return acc, l_i, m_i
 
 
 @triton.jit
@@ -118,73 +201,159 @@ def _attn_fwd_kernel(
 
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    mask_m = offs_m < seq_q
-    mask_d = offs_d < HEAD_DIM
-    q = tl.load(q_ptr + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-                mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+    q = _scaled(_load_rows(q_ptr, offs_m, offs_d, stride_qm, stride_qd, seq_q, True, HEAD_DIM, BLOCK_D), qk_scale)
 
-    m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)  # running max of qk_scale * <q, k> (base 2)
-    l_i = tl.zeros((BLOCK_M,), tl.float32)  # running sum of exp2(s - m_i)
+    m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)  # running max of s * log2(e)
+    l_i = tl.zeros((BLOCK_M,), tl.float32)  # running sum of exp2(s * log2(e) - m_i)
     acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+    # keys [0, full) are whole tiles that no row masks: inside the keys and, causal, at or left of this
+    # block's first query; [full, hi) are the boundary tiles (causal: keys past the last query are skipped)
     hi = seq_k
-    if CAUSAL:  # keys past this block's last query are masked for all its rows: skip their blocks
+    full = seq_k
+    if CAUSAL:
         hi = tl.minimum(seq_k, start_m + BLOCK_M)
+        full = tl.minimum(seq_k, start_m + 1)
+    full = (full // BLOCK_N) * BLOCK_N
     if VARLEN:  # a block past this sequence's end (the grid covers the longest one) has nothing to do
         hi = tl.where(start_m < seq_q, hi, 0)
-    for start_n in range(0, hi, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        tile = (offs_n < seq_k)[:, None] & mask_d[None, :]
-        k = tl.load(k_ptr + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=tile, other=0.0)
-        v = tl.load(v_ptr + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=tile, other=0.0)
-        allowed = _key_valid(offs_n, seq_k, pad_ptr, stride_pn, HAS_PAD)[None, :]
-        if CAUSAL:
-            allowed = allowed & (offs_n[None, :] <= offs_m[:, None])
-        s = tl.where(allowed, mm(q, tl.trans(k), FP32_PRECISION, UPCAST) * qk_scale, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)  # empty so far: shift by 0, not -inf
-        p = tl.exp2(s - m_shift[:, None])
-        alpha = tl.exp2(m_i - m_shift)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + mm(p.to(v.dtype), v, FP32_PRECISION, UPCAST)
-        m_i = m_new
+        full = tl.where(start_m < seq_q, full, 0)
+    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_ptr, v_ptr, pad_ptr, offs_m, offs_d, 0, full, seq_k,
+                               stride_kn, stride_kd, stride_vn, stride_vd, stride_pn,
+                               HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, HAS_PAD, FP32_PRECISION, UPCAST)
+    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_ptr, v_ptr, pad_ptr, offs_m, offs_d, full, hi, seq_k,
+                               stride_kn, stride_kd, stride_vn, stride_vd, stride_pn,
+                               HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, HAS_PAD, FP32_PRECISION, UPCAST)
 
     empty = l_i == 0.0  # a non-empty row has l_i >= 1 (its max contributes exp2(0))
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
-    lse = tl.where(empty, float("-inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
+    lse2 = tl.where(empty, float("-inf"), m_i + tl.log2(tl.where(empty, 1.0, l_i)))
+    mask_m = offs_m < seq_q
     tl.store(out_ptr + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
-             out.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
-    tl.store(lse_ptr + offs_m, lse, mask=mask_m)
+             out.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & (offs_d < HEAD_DIM)[None, :])
+    tl.store(lse_ptr + offs_m, lse2, mask=mask_m)
+
+
+# ---------------------------------------------------------------------------------------- backward
 
 
 @triton.jit
-def _attn_bwd_preprocess_kernel(
-    out_ptr, do_ptr, delta_ptr, cu_q_ptr,
+def _dq_tiles(dq, q, do, lse2, delta, k_ptr, v_ptr, pad_ptr, offs_m, offs_d, start, end, seq_k,
+              stride_kn, stride_kd, stride_vn, stride_vd, stride_pn,
+              HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+              CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr, FP32_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """dq over key blocks [start, end) (q already scaled); MASKED: the boundary tiles."""
+    for start_n in range(start, end, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        k = _load_rows(k_ptr, offs_n, offs_d, stride_kn, stride_kd, seq_k, MASKED, HEAD_DIM, BLOCK_D)
+        v = _load_rows(v_ptr, offs_n, offs_d, stride_vn, stride_vd, seq_k, MASKED, HEAD_DIM, BLOCK_D)
+        p = tl.exp2(mm(q, tl.trans(k), FP32_PRECISION, UPCAST) - lse2[:, None])
+        if MASKED:
+            allowed = _key_valid(offs_n, seq_k, pad_ptr, stride_pn, HAS_PAD)[None, :]
+            if CAUSAL:
+                allowed = allowed & (offs_n[None, :] <= offs_m[:, None])
+            p = tl.where(allowed, p, 0.0)
+        elif HAS_PAD:
+            p = tl.where((tl.load(pad_ptr + offs_n * stride_pn) != 0)[None, :], p, 0.0)
+        dp = mm(do, tl.trans(v), FP32_PRECISION, UPCAST)
+        ds = p * (dp - delta[:, None])
+        dq += mm(ds.to(k.dtype), k, FP32_PRECISION, UPCAST)
+    return dq
+
+
+@triton.jit
+def _attn_bwd_dq_kernel(
+    q_ptr, k_ptr, v_ptr, pad_ptr, out_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, cu_q_ptr, cu_k_ptr,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_om, stride_od,
     stride_gb, stride_gh, stride_gm, stride_gd,
-    stride_lb, stride_lh,
-    num_heads, seq_q,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, VARLEN: tl.constexpr,
+    stride_dqb, stride_dqh, stride_dqm, stride_dqd,
+    stride_pb, stride_pn, stride_lb, stride_lh,
+    num_heads, seq_q, seq_k, scale, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr, VARLEN: tl.constexpr, FP32_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
-    # delta_i = <do_i, o_i>, fp32, laid out as lse
+    # one program per query block; runs before the dk/dv kernel and stores delta for it
+    start_m = tl.program_id(0) * BLOCK_M
     bh = tl.program_id(1)
     b = (bh // num_heads).to(tl.int64)
     h = (bh % num_heads).to(tl.int64)
+    q_ptr += b * stride_qb + h * stride_qh
+    k_ptr += b * stride_kb + h * stride_kh
+    v_ptr += b * stride_vb + h * stride_vh
     out_ptr += b * stride_ob + h * stride_oh
     do_ptr += b * stride_gb + h * stride_gh
+    dq_ptr += b * stride_dqb + h * stride_dqh
+    pad_ptr += b * stride_pb
+    lse_ptr += b * stride_lb + h * stride_lh
     delta_ptr += b * stride_lb + h * stride_lh
     if VARLEN:
         q_start, seq_q = _sequence(cu_q_ptr, b)
+        k_start, seq_k = _sequence(cu_k_ptr, b)
+        q_ptr += q_start * stride_qm
         out_ptr += q_start * stride_om
         do_ptr += q_start * stride_gm
+        dq_ptr += q_start * stride_dqm
+        lse_ptr += q_start
         delta_ptr += q_start
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        k_ptr += k_start * stride_kn
+        v_ptr += k_start * stride_vn
+
+    offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     mask_m = offs_m < seq_q
-    tile = mask_m[:, None] & (offs_d < HEAD_DIM)[None, :]
-    o = tl.load(out_ptr + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od, mask=tile, other=0.0)
-    do = tl.load(do_ptr + offs_m[:, None] * stride_gm + offs_d[None, :] * stride_gd, mask=tile, other=0.0)
+    do = _load_rows(do_ptr, offs_m, offs_d, stride_gm, stride_gd, seq_q, True, HEAD_DIM, BLOCK_D)
+    o = _load_rows(out_ptr, offs_m, offs_d, stride_om, stride_od, seq_q, True, HEAD_DIM, BLOCK_D)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     tl.store(delta_ptr + offs_m, delta, mask=mask_m)
+    q = _scaled(_load_rows(q_ptr, offs_m, offs_d, stride_qm, stride_qd, seq_q, True, HEAD_DIM, BLOCK_D), qk_scale)
+    lse2 = _backward_lse2(lse_ptr, offs_m, seq_q, True)
+
+    dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+    hi = seq_k  # the forward's split of the key loop
+    full = seq_k
+    if CAUSAL:
+        hi = tl.minimum(seq_k, start_m + BLOCK_M)
+        full = tl.minimum(seq_k, start_m + 1)
+    full = (full // BLOCK_N) * BLOCK_N
+    if VARLEN:
+        hi = tl.where(start_m < seq_q, hi, 0)
+        full = tl.where(start_m < seq_q, full, 0)
+    dq = _dq_tiles(dq, q, do, lse2, delta, k_ptr, v_ptr, pad_ptr, offs_m, offs_d, 0, full, seq_k,
+                   stride_kn, stride_kd, stride_vn, stride_vd, stride_pn,
+                   HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, HAS_PAD, FP32_PRECISION, UPCAST)
+    dq = _dq_tiles(dq, q, do, lse2, delta, k_ptr, v_ptr, pad_ptr, offs_m, offs_d, full, hi, seq_k,
+                   stride_kn, stride_kd, stride_vn, stride_vd, stride_pn,
+                   HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, HAS_PAD, FP32_PRECISION, UPCAST)
+    tl.store(dq_ptr + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
+             (dq * scale).to(dq_ptr.dtype.element_ty), mask=mask_m[:, None] & (offs_d < HEAD_DIM)[None, :])
+
+
+@triton.jit
+def _dkdv_tiles(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, offs_n, offs_d, start, end, seq_q,
+                stride_qm, stride_qd, stride_gm, stride_gd,
+                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr,
+                CAUSAL: tl.constexpr, FP32_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """dk, dv over query blocks [start, end) (k already scaled); tiles are (keys, queries), so both
+    accumulate from plain dots. MASKED: the causal diagonal and the query tail."""
+    for start_m in range(start, end, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        q = _load_rows(q_ptr, offs_m, offs_d, stride_qm, stride_qd, seq_q, MASKED, HEAD_DIM, BLOCK_D)
+        do = _load_rows(do_ptr, offs_m, offs_d, stride_gm, stride_gd, seq_q, MASKED, HEAD_DIM, BLOCK_D)
+        lse2 = _backward_lse2(lse_ptr, offs_m, seq_q, MASKED)
+        if MASKED:
+            delta = tl.load(delta_ptr + offs_m, mask=offs_m < seq_q, other=0.0)
+        else:
+            delta = tl.load(delta_ptr + offs_m)
+        p_t = tl.exp2(mm(k, tl.trans(q), FP32_PRECISION, UPCAST) - lse2[None, :])
+        if MASKED and CAUSAL:
+            p_t = tl.where(offs_n[:, None] <= offs_m[None, :], p_t, 0.0)
+        dv += mm(p_t.to(do.dtype), do, FP32_PRECISION, UPCAST)
+        ds_t = p_t * (mm(v, tl.trans(do), FP32_PRECISION, UPCAST) - delta[None, :])
+        dk += mm(ds_t.to(q.dtype), q, FP32_PRECISION, UPCAST)
+    return dk, dv
 
 
 @triton.jit
@@ -202,8 +371,7 @@ def _attn_bwd_dkdv_kernel(
     CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr, VARLEN: tl.constexpr, FP32_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
-    # one program per key block; tiles are held transposed, (keys, queries), so dk and dv
-    # accumulate from plain dots without transposing p
+    # one program per key block; reads the delta the dq kernel stored
     start_n = tl.program_id(0) * BLOCK_N
     bh = tl.program_id(1)
     b = (bh // num_heads).to(tl.int64)
@@ -231,137 +399,120 @@ def _attn_bwd_dkdv_kernel(
 
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    mask_d = offs_d < HEAD_DIM
-    tile_n = (offs_n < seq_k)[:, None] & mask_d[None, :]
-    k = tl.load(k_ptr + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=tile_n, other=0.0)
-    v = tl.load(v_ptr + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=tile_n, other=0.0)
-    valid = _key_valid(offs_n, seq_k, pad_ptr, stride_pn, HAS_PAD)
+    k = _scaled(_load_rows(k_ptr, offs_n, offs_d, stride_kn, stride_kd, seq_k, True, HEAD_DIM, BLOCK_D), qk_scale)
+    v = _load_rows(v_ptr, offs_n, offs_d, stride_vn, stride_vd, seq_k, True, HEAD_DIM, BLOCK_D)
 
     dk = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
     dv = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+    # query blocks [lo, diag) cross the causal diagonal (queries before this block's last key), [diag, full)
+    # are whole unmasked tiles, [full, hi) the query tail
     lo = 0
-    if CAUSAL:  # queries before this key block never see it: start at the block holding query start_n
-        lo = (start_n // BLOCK_M) * BLOCK_M
     hi = seq_q
     if VARLEN:  # a key block past this sequence's end has nothing to do
         hi = tl.where(start_n < seq_k, hi, 0)
-    for start_m in range(lo, hi, BLOCK_M):
-        offs_m = start_m + tl.arange(0, BLOCK_M)
-        mask_m = offs_m < seq_q
-        q_t = tl.load(q_ptr + offs_d[:, None] * stride_qd + offs_m[None, :] * stride_qm,
-                      mask=mask_d[:, None] & mask_m[None, :], other=0.0)  # (BLOCK_D, BLOCK_M)
-        do = tl.load(do_ptr + offs_m[:, None] * stride_gm + offs_d[None, :] * stride_gd,
-                     mask=mask_m[:, None] & mask_d[None, :], other=0.0)
-        lse2 = _backward_lse2(lse_ptr, offs_m, mask_m)
-        delta = tl.load(delta_ptr + offs_m, mask=mask_m, other=0.0)
-        allowed = valid[:, None]
-        if CAUSAL:
-            allowed = allowed & (offs_n[:, None] <= offs_m[None, :])
-        s_t = mm(k, q_t, FP32_PRECISION, UPCAST) * qk_scale
-        p_t = tl.where(allowed, tl.exp2(s_t - lse2[None, :]), 0.0)
-        dv += mm(p_t.to(do.dtype), do, FP32_PRECISION, UPCAST)
-        dp_t = mm(v, tl.trans(do), FP32_PRECISION, UPCAST)
-        ds_t = p_t * (dp_t - delta[None, :])
-        dk += mm(ds_t.to(q_t.dtype), tl.trans(q_t), FP32_PRECISION, UPCAST)
+    diag = lo
+    if CAUSAL:  # queries before this key block never see it: start at the block holding query start_n
+        lo = (start_n // BLOCK_M) * BLOCK_M
+        diag = tl.minimum(tl.cdiv(start_n + BLOCK_N - 1, BLOCK_M) * BLOCK_M, hi)
+    full = tl.maximum(diag, (hi // BLOCK_M) * BLOCK_M)
+    dk, dv = _dkdv_tiles(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, offs_n, offs_d, lo, diag, seq_q,
+                         stride_qm, stride_qd, stride_gm, stride_gd,
+                         HEAD_DIM, BLOCK_D, BLOCK_M, True, CAUSAL, FP32_PRECISION, UPCAST)
+    dk, dv = _dkdv_tiles(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, offs_n, offs_d, diag, full, seq_q,
+                         stride_qm, stride_qd, stride_gm, stride_gd,
+                         HEAD_DIM, BLOCK_D, BLOCK_M, False, CAUSAL, FP32_PRECISION, UPCAST)
+    dk, dv = _dkdv_tiles(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, offs_n, offs_d, full, hi, seq_q,
+                         stride_qm, stride_qd, stride_gm, stride_gd,
+                         HEAD_DIM, BLOCK_D, BLOCK_M, True, CAUSAL, FP32_PRECISION, UPCAST)
 
+    # padded keys and keys past the end: rows of their own, zeroed here rather than masked in every tile
+    valid = _key_valid(offs_n, seq_k, pad_ptr, stride_pn, HAS_PAD)[:, None]
+    tile = (offs_n < seq_k)[:, None] & (offs_d < HEAD_DIM)[None, :]
     tl.store(dk_ptr + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
-             (dk * scale).to(dk_ptr.dtype.element_ty), mask=tile_n)
+             tl.where(valid, dk * scale, 0.0).to(dk_ptr.dtype.element_ty), mask=tile)
     tl.store(dv_ptr + offs_n[:, None] * stride_dvn + offs_d[None, :] * stride_dvd,
-             dv.to(dv_ptr.dtype.element_ty), mask=tile_n)
-
-
-@triton.jit
-def _attn_bwd_dq_kernel(
-    q_ptr, k_ptr, v_ptr, pad_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, cu_q_ptr, cu_k_ptr,
-    stride_qb, stride_qh, stride_qm, stride_qd,
-    stride_kb, stride_kh, stride_kn, stride_kd,
-    stride_vb, stride_vh, stride_vn, stride_vd,
-    stride_gb, stride_gh, stride_gm, stride_gd,
-    stride_dqb, stride_dqh, stride_dqm, stride_dqd,
-    stride_pb, stride_pn, stride_lb, stride_lh,
-    num_heads, seq_q, seq_k, scale, qk_scale,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr, VARLEN: tl.constexpr, FP32_PRECISION: tl.constexpr,
-    UPCAST: tl.constexpr,
-):
-    # one program per query block; k and v are loaded transposed, (BLOCK_D, BLOCK_N)
-    start_m = tl.program_id(0) * BLOCK_M
-    bh = tl.program_id(1)
-    b = (bh // num_heads).to(tl.int64)
-    h = (bh % num_heads).to(tl.int64)
-    q_ptr += b * stride_qb + h * stride_qh
-    k_ptr += b * stride_kb + h * stride_kh
-    v_ptr += b * stride_vb + h * stride_vh
-    do_ptr += b * stride_gb + h * stride_gh
-    dq_ptr += b * stride_dqb + h * stride_dqh
-    pad_ptr += b * stride_pb
-    lse_ptr += b * stride_lb + h * stride_lh
-    delta_ptr += b * stride_lb + h * stride_lh
-    if VARLEN:
-        q_start, seq_q = _sequence(cu_q_ptr, b)
-        k_start, seq_k = _sequence(cu_k_ptr, b)
-        q_ptr += q_start * stride_qm
-        do_ptr += q_start * stride_gm
-        dq_ptr += q_start * stride_dqm
-        lse_ptr += q_start
-        delta_ptr += q_start
-        k_ptr += k_start * stride_kn
-        v_ptr += k_start * stride_vn
-
-    offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    mask_m = offs_m < seq_q
-    mask_d = offs_d < HEAD_DIM
-    tile_m = mask_m[:, None] & mask_d[None, :]
-    q = tl.load(q_ptr + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd, mask=tile_m, other=0.0)
-    do = tl.load(do_ptr + offs_m[:, None] * stride_gm + offs_d[None, :] * stride_gd, mask=tile_m, other=0.0)
-    lse2 = _backward_lse2(lse_ptr, offs_m, mask_m)
-    delta = tl.load(delta_ptr + offs_m, mask=mask_m, other=0.0)
-
-    dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
-    hi = seq_k
-    if CAUSAL:
-        hi = tl.minimum(seq_k, start_m + BLOCK_M)
-    if VARLEN:
-        hi = tl.where(start_m < seq_q, hi, 0)
-    for start_n in range(0, hi, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        tile_t = mask_d[:, None] & (offs_n < seq_k)[None, :]
-        k_t = tl.load(k_ptr + offs_d[:, None] * stride_kd + offs_n[None, :] * stride_kn, mask=tile_t, other=0.0)
-        v_t = tl.load(v_ptr + offs_d[:, None] * stride_vd + offs_n[None, :] * stride_vn, mask=tile_t, other=0.0)
-        allowed = _key_valid(offs_n, seq_k, pad_ptr, stride_pn, HAS_PAD)[None, :]
-        if CAUSAL:
-            allowed = allowed & (offs_n[None, :] <= offs_m[:, None])
-        s = mm(q, k_t, FP32_PRECISION, UPCAST) * qk_scale
-        p = tl.where(allowed, tl.exp2(s - lse2[:, None]), 0.0)
-        dp = mm(do, v_t, FP32_PRECISION, UPCAST)
-        ds = p * (dp - delta[:, None])
-        dq += mm(ds.to(k_t.dtype), tl.trans(k_t), FP32_PRECISION, UPCAST)
-
-    tl.store(dq_ptr + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
-             (dq * scale).to(dq_ptr.dtype.element_ty), mask=tile_m)
+             tl.where(valid, dv, 0.0).to(dv_ptr.dtype.element_ty), mask=tile)
 
 
 # --------------------------------------------------------------------------------------- autotuning
 
 
-def _configs(outer: str, inner: str) -> list[triton.Config]:
-    """The program's own block (`outer`: 64, 128) x the looped block (`inner`: 32, 64) x warps x stages."""
-    return [triton.Config({outer: o, inner: i}, num_warps=w, num_stages=s)
-            for o in (64, 128) for i in (32, 64) for w in (4, 8) for s in (2, 3)]
+# The autotune space, pruned with the sm_90a resource report (`retina-bench resources --families attention`,
+# benchmarks/results/attention-resources-sm90.json): only tiles that compile without register spills for the
+# heaviest variant (causal + key padding mask) are listed, so no spilling configuration is ever tried and
+# tuning compiles a few configs instead of 16. Keys: (kernel, fp32?, BLOCK_D); values: (program block, looped
+# block, num_warps, num_stages), the program block being BLOCK_M for "fwd" and "dq", BLOCK_N for "dkdv".
+# Why these: 16-bit tiles of 128 rows spill at 4 warps (the fp32 accumulators of one 128 x Dh tile alone
+# take 128 registers a thread at Dh = 128), so 128-row tiles use 8 warps; fp32 operands take twice the
+# registers of 16-bit ones and run on FMA units (no wgmma), so fp32 gets its own small tiles at 8 warps, and
+# at Dh = 128 the dk/dv kernel (which holds k, v, dk, dv) fits only 32 x 16 and 16 x 32. Entries within 16
+# registers of the 255 cap are left out too (e.g. 16-bit Dh = 128: dq 128 x 64, dk/dv 128 x 32 and 64 x 64 at
+# 254-255): an older Triton (the GPU machine's) or ptxas may allocate a few more and spill. The 16-wide
+# head-dim tile shares the rows of 32 and 64 (it needs fewer registers than either); Dh 129..256 get one
+# small config each. tests/kernels/test_resources.py compiles every entry for Dh 32, 64, 128 and asserts
+# no spills and at most 240 registers.
+_16BIT_FWD = ((128, 64, 8, 2), (128, 32, 8, 3), (64, 64, 4, 2), (64, 32, 4, 3))
+_16BIT_DQ = ((128, 64, 8, 2), (128, 32, 8, 2), (64, 64, 4, 2), (64, 32, 4, 3))
+TUNE_SPACE = {
+    **{(kernel, False, d): space for d in (16, 32, 64)
+       for kernel, space in (("fwd", _16BIT_FWD), ("dq", _16BIT_DQ),
+                             ("dkdv", ((128, 64, 8, 2), (128, 32, 8, 2), (64, 64, 8, 2), (64, 32, 4, 2))))},
+    ("fwd", False, 128): ((128, 64, 8, 2), (128, 32, 8, 3), (64, 32, 4, 3)),
+    ("dq", False, 128): ((128, 32, 8, 2), (64, 64, 8, 2), (64, 32, 4, 3)),
+    ("dkdv", False, 128): ((64, 32, 8, 2), (64, 32, 8, 3), (32, 64, 8, 2)),
+    ("fwd", False, 256): ((64, 32, 8, 2),),
+    ("dq", False, 256): ((64, 32, 8, 2),),
+    ("dkdv", False, 256): ((32, 32, 8, 2),),
+    **{(kernel, True, d): space for d in (16, 32, 64)
+       for kernel, space in (("fwd", ((64, 32, 8, 2), (64, 16, 8, 2), (32, 32, 8, 2))),
+                             ("dq", ((64, 32, 8, 2), (64, 16, 8, 2), (32, 32, 8, 2))),
+                             ("dkdv", ((32, 32, 8, 2), (64, 16, 8, 2), (32, 16, 8, 2))))},
+    ("fwd", True, 128): ((32, 32, 8, 2), (64, 16, 8, 2), (32, 16, 8, 2)),
+    ("dq", True, 128): ((32, 32, 8, 2), (64, 16, 8, 2), (32, 16, 8, 2)),
+    ("dkdv", True, 128): ((32, 16, 8, 2), (16, 32, 8, 2)),
+    ("fwd", True, 256): ((32, 16, 8, 2),),
+    ("dq", True, 256): ((32, 16, 8, 2),),
+    ("dkdv", True, 256): ((16, 16, 8, 2),),
+}
+_BLOCKS = {"fwd": ("BLOCK_M", "BLOCK_N"), "dq": ("BLOCK_M", "BLOCK_N"), "dkdv": ("BLOCK_N", "BLOCK_M")}
+
+
+def _config(kernel: str, entry: tuple[int, int, int, int]) -> triton.Config:
+    outer, inner = _BLOCKS[kernel]
+    return triton.Config({outer: entry[0], inner: entry[1]}, num_warps=entry[2], num_stages=entry[3])
+
+
+def tune_configs(kernel: str, fp32: bool, block_d: int) -> list[triton.Config]:
+    """The configurations the autotuner tries for one kernel, input dtype class and head-dim tile."""
+    return [_config(kernel, entry) for entry in TUNE_SPACE[(kernel, fp32, block_d)]]
+
+
+def _config_id(config: triton.Config) -> tuple:
+    return tuple(sorted(config.kwargs.items())), config.num_warps, config.num_stages
+
+
+def _autotuned(kernel: str, fn):
+    """fn autotuned over the union of its table entries; each launch keeps only its own (dtype, BLOCK_D) row."""
+    union = {_config_id(c): c for (name, _, _), entries in TUNE_SPACE.items() if name == kernel
+             for c in (_config(kernel, e) for e in entries)}
+
+    def prune(configs, named_args, **kwargs):
+        fp32 = named_args["q_ptr"].dtype == torch.float32
+        wanted = {_config_id(c) for c in tune_configs(kernel, fp32, kwargs["BLOCK_D"])}
+        return [c for c in configs if _config_id(c) in wanted]
+
+    return triton.autotune(list(union.values()), key=_TUNE_KEY, prune_configs_by={"early_config_prune": prune})(fn)
 
 
 # Tuned per problem shape and mask kind (the tensor dtypes are part of triton's key already). Every
-# kernel only stores its outputs, so the autotuner's repeated runs need no reset. Configs that do not
-# fit (e.g. 128 x 64 fp32 tiles at Dh = 128) fail to compile and are skipped by the autotuner.
+# kernel only stores its outputs (the dq kernel's delta included), so the autotuner's repeated runs need no reset.
 _TUNE_KEY = ["seq_q", "seq_k", "HEAD_DIM", "CAUSAL", "HAS_PAD", "VARLEN"]
 if interpreting():  # autotuning would run every config in the interpreter: fixed 16 x 16 tiles instead
     _fwd_tuned = _dkdv_tuned = _dq_tuned = None
 else:
-    _fwd_tuned = triton.autotune(_configs("BLOCK_M", "BLOCK_N"), key=_TUNE_KEY)(_attn_fwd_kernel)
-    _dkdv_tuned = triton.autotune(_configs("BLOCK_N", "BLOCK_M"), key=_TUNE_KEY)(_attn_bwd_dkdv_kernel)
-    _dq_tuned = triton.autotune(_configs("BLOCK_M", "BLOCK_N"), key=_TUNE_KEY)(_attn_bwd_dq_kernel)
-_PREPROCESS_BLOCK_M = 16 if interpreting() else 64
+    _fwd_tuned = _autotuned("fwd", _attn_fwd_kernel)
+    _dkdv_tuned = _autotuned("dkdv", _attn_bwd_dkdv_kernel)
+    _dq_tuned = _autotuned("dq", _attn_bwd_dq_kernel)
 
 
 def _kernel(plain, tuned, block_m: int | None, block_n: int | None):
@@ -403,7 +554,8 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_pad
                       causal: bool = False, scale: float | None = None, *, out: torch.Tensor | None = None,
                       lse: torch.Tensor | None = None, block_m: int | None = None, block_n: int | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out (B, H, Lq, Dh) in q's dtype, lse (B, H, Lq) fp32, natural log, -inf on empty rows).
+    """(out (B, H, Lq, Dh) in q's dtype, lse (B, H, Lq) fp32, base 2 (log2 of sum exp2(s * log2 e)),
+    -inf on empty rows).
 
     q, k, v share a dtype (fp32, bf16, fp16) and any strides; the optional outputs are written in place.
     """
@@ -435,7 +587,8 @@ def attention_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: to
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv) in the inputs' dtype from the upstream grad `do` and the forward's `out`, `lse`.
 
-    `delta` is the fp32 (B, H, Lq) scratch buffer of <do_i, o_i>; the optional outputs are written in place.
+    `delta` is the fp32 (B, H, Lq) scratch buffer of <do_i, o_i> (the dq kernel fills it for the dk/dv kernel);
+    the optional outputs are written in place.
     """
     batch, heads, seq_q, head_dim = q.shape
     seq_k = k.shape[2]
@@ -455,22 +608,19 @@ def attention_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: to
 
     assert lse.is_contiguous() and delta.is_contiguous(), "lse and delta must be contiguous (B, H, Lq) buffers"
     lse_strides = lse.stride()[:2]
-    _attn_bwd_preprocess_kernel[(triton.cdiv(seq_q, _PREPROCESS_BLOCK_M), batch * heads)](
-        out, do, delta, q, *out.stride(), *do.stride(), *lse_strides, heads, seq_q, **dims,
-        BLOCK_M=_PREPROCESS_BLOCK_M, VARLEN=False)
+    # dq first: it stores delta, which the dk/dv kernel reads (same stream, so it is there)
+    kernel, opts = _kernel(_attn_bwd_dq_kernel, _dq_tuned, block_m, block_n)
+    grid = lambda meta: (triton.cdiv(seq_q, meta["BLOCK_M"]), batch * heads)  # noqa: E731
+    kernel[grid](
+        q, k, v, pad, out, do, lse, delta, dq, q, q,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *do.stride(), *dq.stride(), stride_pb, stride_pn,
+        *lse_strides, *common, **dims, CAUSAL=bool(causal), **flags, VARLEN=False, **prec, **opts)
 
     kernel, opts = _kernel(_attn_bwd_dkdv_kernel, _dkdv_tuned, block_m, block_n)
     grid = lambda meta: (triton.cdiv(seq_k, meta["BLOCK_N"]), batch * heads)  # noqa: E731
     kernel[grid](
         q, k, v, pad, do, lse, delta, dk, dv, q, q,
         *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(), stride_pb, stride_pn,
-        *lse_strides, *common, **dims, CAUSAL=bool(causal), **flags, VARLEN=False, **prec, **opts)
-
-    kernel, opts = _kernel(_attn_bwd_dq_kernel, _dq_tuned, block_m, block_n)
-    grid = lambda meta: (triton.cdiv(seq_q, meta["BLOCK_M"]), batch * heads)  # noqa: E731
-    kernel[grid](
-        q, k, v, pad, do, lse, delta, dq, q, q,
-        *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(), stride_pb, stride_pn,
         *lse_strides, *common, **dims, CAUSAL=bool(causal), **flags, VARLEN=False, **prec, **opts)
     return dq, dk, dv
 
@@ -491,7 +641,7 @@ def varlen_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens
                    cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, causal: bool = False,
                    scale: float | None = None, *, block_m: int | None = None, block_n: int | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out (total_q, H, Dh) in q's dtype, lse (H, total_q) fp32) of packed sequences.
+    """(out (total_q, H, Dh) in q's dtype, lse (H, total_q) fp32, base 2) of packed sequences.
 
     q: (total_q, H, Dh), k, v: (total_k, H, Dh); cu_seqlens_*: int32 (n + 1,) row offsets of the n sequences
     (kernels.attention.varlen checks them); causal is top-left aligned within each sequence.
@@ -534,9 +684,12 @@ def varlen_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch
     common = (0, lse.stride(0), heads, bound_q, bound_k, scale, scale * LOG2E)
     flags = dict(CAUSAL=bool(causal), HAS_PAD=False, VARLEN=True)
 
-    _attn_bwd_preprocess_kernel[(triton.cdiv(bound_q, _PREPROCESS_BLOCK_M), n_seq * heads)](
-        out, do, delta, cu_seqlens_q, *_packed_strides(out), *_packed_strides(do), 0, lse.stride(0), heads, bound_q,
-        **dims, BLOCK_M=_PREPROCESS_BLOCK_M, VARLEN=True)
+    kernel, opts = _kernel(_attn_bwd_dq_kernel, _dq_tuned, block_m, block_n)  # first: it stores delta
+    grid = lambda meta: (triton.cdiv(bound_q, meta["BLOCK_M"]), n_seq * heads)  # noqa: E731
+    kernel[grid](
+        q, k, v, q, out, do, lse, delta, dq, cu_seqlens_q, cu_seqlens_k,
+        *_packed_strides(q), *_packed_strides(k), *_packed_strides(v), *_packed_strides(out), *_packed_strides(do),
+        *_packed_strides(dq), 0, 0, *common, **dims, **flags, **prec, **opts)
 
     kernel, opts = _kernel(_attn_bwd_dkdv_kernel, _dkdv_tuned, block_m, block_n)
     grid = lambda meta: (triton.cdiv(bound_k, meta["BLOCK_N"]), n_seq * heads)  # noqa: E731
@@ -544,13 +697,6 @@ def varlen_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch
         q, k, v, q, do, lse, delta, dk, dv, cu_seqlens_q, cu_seqlens_k,
         *_packed_strides(q), *_packed_strides(k), *_packed_strides(v), *_packed_strides(do),
         *_packed_strides(dk), *_packed_strides(dv), 0, 0, *common, **dims, **flags, **prec, **opts)
-
-    kernel, opts = _kernel(_attn_bwd_dq_kernel, _dq_tuned, block_m, block_n)
-    grid = lambda meta: (triton.cdiv(bound_q, meta["BLOCK_M"]), n_seq * heads)  # noqa: E731
-    kernel[grid](
-        q, k, v, q, do, lse, delta, dq, cu_seqlens_q, cu_seqlens_k,
-        *_packed_strides(q), *_packed_strides(k), *_packed_strides(v), *_packed_strides(do),
-        *_packed_strides(dq), 0, 0, *common, **dims, **flags, **prec, **opts)
     return dq, dk, dv
 
 

@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from kernels.attention.registry import VARLEN_BACKENDS, resolve_backend, varlen_backend_function
+from kernels.attention.registry import VARLEN_BACKENDS, Problem, resolve_backend, varlen_backend_function
 
 
 def _check_offsets(name: str, cu: torch.Tensor, total: int, max_seqlen: int, device: torch.device) -> None:
@@ -63,7 +63,8 @@ def attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
                      scale: float | None = None, backend: str | None = None) -> torch.Tensor:
     """softmax(scale * q_i k_i^T) v_i per packed sequence i and head; (total_q, H, Dh) in q's dtype."""
     check_varlen_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
-    name = resolve_backend(backend, q.device)
+    problem = Problem(int(max_seqlen_q), int(max_seqlen_k), q.shape[-1], bool(causal), varlen=True)
+    name = resolve_backend(backend, q.device, problem)
     if name not in VARLEN_BACKENDS:
         raise RuntimeError(f"attention backend {name!r} has no varlen form; attention_varlen takes one of "
                            f"{VARLEN_BACKENDS}")

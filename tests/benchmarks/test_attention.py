@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks import cli
 from benchmarks.attention import LONG_SHAPES, MODES, SHAPE_NAMES, SHAPES, add_speedups
@@ -60,11 +62,27 @@ def test_quick_run_times_every_point(quick_run):
 @pytest.mark.slow
 def test_triton_runs_in_the_interpreter_when_asked_for(tmp_path):
     out = tmp_path / "r.json"
-    proc = run_bench(out, "--providers", "triton", "sdpa", "--shapes", "decoder_self_64", "--modes", "full")
+    proc = run_bench(out, "--providers", "triton", "sdpa", "--shapes", "decoder_self_64", "text_varlen_77",
+                     "--modes", "full")
     assert proc.returncode == 0, proc.stderr
     timings = json.loads(out.read_text())["timings"]
     assert {(t["provider"], t["status"]) for t in timings} == {("triton", "ok"), ("sdpa", "ok")}
     assert "speedup_vs_sdpa" in timings[0]
+
+
+def test_varlen_shape_packs_the_real_tokens_for_triton_only():
+    from benchmarks.attention import key_lengths, make_inputs, provider_inputs
+
+    shape = replace(next(s for s in SHAPES if s.varlen), batch=6, heads=1, head_dim=8)
+    lengths = key_lengths(shape, seed=3)
+    assert lengths[0] == shape.seq_k and all(1 <= n <= shape.seq_k for n in lengths)
+    inputs = make_inputs(shape, "fp32", torch.device("cpu"), seed=3)
+    packed = provider_inputs("triton", shape, inputs)
+    assert packed["q"].shape == (sum(lengths), 1, 8) and packed["cu_seqlens"][-1] == sum(lengths)
+    assert packed["q"].is_leaf and packed["q"].requires_grad
+    second = packed["q"][lengths[0]:lengths[0] + lengths[1]]  # sequence 1's tokens, unpadded
+    assert torch.equal(second, inputs["q"][1, :, :lengths[1]].transpose(0, 1))
+    assert provider_inputs("sdpa", shape, inputs) is inputs and inputs["key_padding_mask"].sum() == sum(lengths)
 
 
 def test_flops_count_dense_matmuls_halved_when_causal():

@@ -176,6 +176,28 @@ def test_triton_launchers_write_every_element(causal):
 
 
 @needs_triton
+@pytest.mark.parametrize("block_m, block_n", [(32, 16), (16, 32)], ids=["tall", "wide"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_triton_unequal_blocks_split_masked_and_full_tiles(block_m, block_n, causal):
+    """Query and key blocks of different sizes move where the full tiles end and the diagonal ones begin
+    (forward, dq: key tiles; dk/dv: query tiles); Lq > Lk and padding leave boundary tiles on both sides."""
+    from kernels.attention.triton_flash import attention_backward, attention_forward
+
+    gen = torch.Generator().manual_seed(8)
+    q, k, v = (x.float() for x in _qkv(gen, 77, 61, 16))
+    mask = _padding(gen, 2, 61, causal)
+    blocks = dict(block_m=block_m, block_n=block_n)
+    out, lse = attention_forward(q, k, v, mask, causal, **blocks)
+    do = torch.randn(q.shape, generator=gen).to(DEVICE)
+    grads = attention_backward(do, q, k, v, out, lse, mask, causal, **blocks)
+    leaves = [x.double().requires_grad_() for x in (q, k, v)]
+    ref = attention(*leaves, key_padding_mask=mask, causal=causal, backend="eager")
+    ref_grads = torch.autograd.grad(ref, leaves, do.double())
+    for got, want in zip((out, *grads), (ref, *ref_grads)):
+        torch.testing.assert_close(got.double(), want, atol=ATOL, rtol=RTOL)
+
+
+@needs_triton
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_triton_16bit_matches_reference(dtype):
     """16-bit inputs (the interpreter upcasts the rounded dot operands; a GPU runs native MMA)."""
@@ -234,6 +256,41 @@ def test_default_backend():
     assert resolve_backend(None, "cpu") == "sdpa"
     assert available_backends("cpu")[-2:] == ["sdpa", "eager"] and set(available_backends("cpu")) <= set(BACKENDS)
     assert resolve_backend(None, "cuda") == "sdpa"  # measured faster than our Triton kernel on an H100
+
+
+@pytest.mark.parametrize("problem, row", [
+    (registry.Problem(197, 197, 64), "cuda-default"),
+    (registry.Problem(1025, 1025, 64), "cuda-long"),
+    (registry.Problem(256, 256, 64, padded=True), "cuda-padded"),
+    (registry.Problem(64, 64, 64, causal=True, padded=True), "cuda-causal"),
+    (registry.Problem(64, 197, 64), "cuda-cross"),
+    (registry.Problem(77, 77, 64, padded=True, varlen=True), "cuda-varlen"),
+])
+def test_dispatch_table_rows_by_shape(problem, row):
+    found = registry.dispatch_row("cuda", problem)
+    assert found.name == row and found.backend in BACKENDS
+    assert registry.dispatch_row("cpu", problem).name == "other-default"
+
+
+def test_every_dispatch_row_cites_a_results_file_that_exists():
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    for row in registry.DISPATCH:
+        assert (repo / row.evidence).is_file(), row
+    for device in ("cuda", "other"):  # each device ends with a row that matches everything
+        assert [r for r in registry.DISPATCH if r.device == device][-1].applies(registry.Problem(1, 2, 3, True, True))
+
+
+def test_dispatch_choice_that_cannot_run_is_an_error(monkeypatch):
+    """A row pointing at a backend unavailable here raises; it does not quietly take another backend."""
+    rows = tuple(registry.Measured(r.name, r.device, r.applies, "xformers" if r.device == "other" else r.backend,
+                                   r.evidence, r.note) for r in registry.DISPATCH)
+    monkeypatch.setattr(registry, "DISPATCH", rows)
+    q = torch.zeros(1, 1, 4, 16)
+    with pytest.raises(RuntimeError, match="dispatch table picks 'xformers'.*other-default"):
+        attention(q, q, q)
+    assert attention(q, q, q, backend="sdpa").shape == q.shape
 
 
 @pytest.mark.parametrize("shapes", [
