@@ -145,18 +145,19 @@ def _contrastive_launch(case: Case):
 
 
 def _attention_launch(case: Case):
-    from kernels.attention import triton_flash as tf
+    from kernels.attention import triton_ops as tf
+    from kernels.attention import triton_tuning as tt
 
     q = torch.zeros(2, 4, 256, case.dim, dtype=DTYPES[case.dtype])
     pad = torch.ones(2, 256, dtype=torch.bool)
     causal = case.params["causal"]
     if case.kernel == "fwd":
-        return tf._fwd_tuned, lambda: tf.attention_forward(q, q, q, pad, causal), ()
+        return tt.fwd_tuned, lambda: tf.attention_forward(q, q, q, pad, causal), ()
     lse = torch.zeros(2, 4, 256)
     backward = lambda: tf.attention_backward(q, q, q, q, q, lse, pad, causal)  # noqa: E731
     if case.kernel == "dq":  # the backward's first launch
-        return tf._dq_tuned, backward, ()
-    return tf._dkdv_tuned, backward, (tf._dq_tuned,)
+        return tt.dq_tuned, backward, ()
+    return tt.dkdv_tuned, backward, (tt.dq_tuned,)
 
 
 # ------------------------------------------------------------------------------------ compilation

@@ -32,6 +32,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import get_worker_info
 
+from pretrain.caption_padding import TEXT_PADDINGS, text_padding, tokenize_captions
 from pretrain.data_loss import LOSSES, DataLossError, check_shards, describe_losses, lost_fraction, merge, read_shards
 from pretrain.flair_data import balance_by_dataset, flair_caption, load_flair_definitions, without_held_out
 from pretrain.samples import (ALLOWED_EXTS, CLIP_MEAN, CLIP_STD, IMAGE_EXTS, SKIPPED, SkipCounter, decode_sample,
@@ -60,7 +61,6 @@ __all__ = [
     "keep_member",
     "make_loader",
     "make_stream",
-    "pad_tokens",
     "text_padding",
     "stable_seed",
     "train_transform",
@@ -213,34 +213,6 @@ def _rank_worker_seed(rank: int) -> int:
     return stable_seed(rank, _worker_id())
 
 
-PAD_MULTIPLE = 8  # dynamic padding rounds the batch's longest caption up to this (tensor-core friendly shapes)
-TEXT_PADDINGS = ("max_length", "longest", "dynamic")
-
-
-def text_padding(style: str, pooling: str | None) -> str:
-    """How training batches pad their captions, given data.style and the text tower's pooling.
-
-    `dynamic` (the batch's longest caption rounded up to PAD_MULTIPLE, capped at max_text_len) wherever the
-    pads cannot change the result: `cls` and `flair_masked` pooling mask them out of attention and pooling.
-    `flair` pooling averages over every position, pads included (FLAIR's TextModel.forward), so its feature
-    depends on the pad length: it keeps the padding it had (FLAIR's own, the batch's longest caption, under
-    style flair; max_length otherwise). None (pooling unknown) is treated like `flair`: the safe choice.
-    """
-    if pooling is None or pooling == "flair":
-        return "longest" if style == "flair" else "max_length"
-    return "dynamic"
-
-
-def pad_tokens(tokens: dict[str, torch.Tensor], length: int, pad_id: int, side: str = "right") -> dict:
-    """Tokenizer output (B, L) padded on `side` to (B, length): input_ids with pad_id, the rest with 0."""
-    extra = length - tokens["input_ids"].shape[1]
-    if extra <= 0:
-        return tokens
-    widths = (0, extra) if side == "right" else (extra, 0)
-    return {name: torch.nn.functional.pad(t, widths, value=pad_id if name == "input_ids" else 0)
-            for name, t in tokens.items()}
-
-
 class Collate:
     """List of decoded samples -> dict batch; tokenises the whole batch in one fast-tokenizer call.
 
@@ -255,15 +227,7 @@ class Collate:
         self.padding = padding
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        padding = "longest" if self.padding == "dynamic" else self.padding
-        tokens = dict(self.tokenizer(texts, padding=padding, truncation=True, max_length=self.max_text_len,
-                                     return_tensors="pt"))
-        if self.padding == "dynamic":
-            # not the tokenizer's pad_to_multiple_of: that rounds past max_length (77 -> 80)
-            longest = tokens["input_ids"].shape[1]
-            target = min(-(-longest // PAD_MULTIPLE) * PAD_MULTIPLE, self.max_text_len)
-            tokens = pad_tokens(tokens, target, self.tokenizer.pad_token_id, self.tokenizer.padding_side)
-        return tokens
+        return tokenize_captions(self.tokenizer, texts, self.max_text_len, self.padding)
 
     def __call__(self, samples: list[dict]) -> dict:
         texts = [s["text"] for s in samples]

@@ -134,7 +134,7 @@ def resolve_backend(backend: str | None, device: torch.device | str, problem: Pr
 def backend_function(backend: str) -> Callable[..., torch.Tensor]:
     """fn(q, k, v, key_padding_mask, causal, scale); modules import lazily (triton, xformers are optional)."""
     if backend == "triton":
-        from kernels.attention.triton_flash import triton_attention as fn
+        from kernels.attention.triton_ops import triton_attention as fn
     elif backend == "xformers":
         from kernels.attention.xformers_backend import xformers_attention as fn
     elif backend == "sdpa":
@@ -149,7 +149,7 @@ def backend_function(backend: str) -> Callable[..., torch.Tensor]:
 def varlen_backend_function(backend: str) -> Callable[..., torch.Tensor]:
     """fn(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale) of attention_varlen."""
     if backend == "triton":
-        from kernels.attention.triton_flash import triton_varlen_attention as fn
+        from kernels.attention.triton_ops import triton_varlen_attention as fn
     elif backend == "sdpa":
         from kernels.attention.torch_backends import sdpa_varlen_attention as fn
     elif backend == "eager":

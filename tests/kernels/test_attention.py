@@ -131,7 +131,7 @@ def test_integer_mask_and_custom_scale():
 @needs_triton
 def test_triton_non_contiguous_inputs():
     """q, k, v as (B, L, H, Dh) buffers viewed as (B, H, L, Dh), and a transposed upstream gradient."""
-    from kernels.attention.triton_flash import attention_backward, attention_forward
+    from kernels.attention.triton_ops import attention_backward, attention_forward
 
     gen = torch.Generator().manual_seed(2)
     q64, k64, v64 = _qkv(gen, 19, 23, 32, heads=2)
@@ -153,7 +153,7 @@ def test_triton_non_contiguous_inputs():
 def test_triton_launchers_write_every_element(causal):
     """NaN-poisoned outputs (out, lse, delta, dq, dk, dv) come back fully written. Lq < Lk with causal
     leaves key blocks no query sees; the padding leaves empty rows and padded keys."""
-    from kernels.attention.triton_flash import attention_backward, attention_forward
+    from kernels.attention.triton_ops import attention_backward, attention_forward
 
     gen = torch.Generator().manual_seed(3)
     q, k, v = (x.float() for x in _qkv(gen, 21, 50, 24))
@@ -181,7 +181,7 @@ def test_triton_launchers_write_every_element(causal):
 def test_triton_unequal_blocks_split_masked_and_full_tiles(block_m, block_n, causal):
     """Query and key blocks of different sizes move where the full tiles end and the diagonal ones begin
     (forward, dq: key tiles; dk/dv: query tiles); Lq > Lk and padding leave boundary tiles on both sides."""
-    from kernels.attention.triton_flash import attention_backward, attention_forward
+    from kernels.attention.triton_ops import attention_backward, attention_forward
 
     gen = torch.Generator().manual_seed(8)
     q, k, v = (x.float() for x in _qkv(gen, 77, 61, 16))

@@ -84,7 +84,7 @@ def attention_rows() -> list[dict]:
 
 
 def test_attention_report_compiles_exactly_the_tune_table(attention_rows):
-    from kernels.attention.triton_flash import TUNE_SPACE
+    from kernels.attention.triton_tuning import TUNE_SPACE
 
     def entry(row):  # back to the table's (program block, looped block, warps, stages)
         config = dict(item.split("=") for item in row["config"].split())

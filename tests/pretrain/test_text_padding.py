@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pretrain.data import PAD_MULTIPLE, Collate, text_padding
+from pretrain.caption_padding import PAD_MULTIPLE, text_padding
+from pretrain.data import Collate
 
 
 def _samples(texts: list[str]) -> list[dict]:
