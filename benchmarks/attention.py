@@ -11,8 +11,8 @@ Times `kernels.attention.attention(..., backend=PROVIDER)` for the providers
 on the shapes the models use (`SHAPES`: ViT-B/16 and ViT-L/14 at 224 px, ViT-B/16 at 512 px, padded text,
 varlen text, the caption decoder's causal self- and cross-attention, and L = 4096, Dh = 128 as the
 compute-bound point of a roofline), in three modes: forward (autograd recording, as in training), backward
-(alone, after an untimed forward) and full (forward + backward). Times are medians of --repeats runs after --warmup runs;
-an out-of-memory measurement is recorded as "oom" and the sweep goes on.
+(alone, after an untimed forward) and full (forward + backward). Times are medians of --repeats runs after --warmup
+runs; an out-of-memory measurement is recorded as "oom" and the sweep goes on.
 
 TFLOP/s count the dense matmuls: forward 4*B*H*Lq*Lk*Dh (QK^T and PV, 2 FLOPs per multiply-add),
 backward 2.5x forward (dV, dP, dQ, dK, plus recomputing QK^T), full 3.5x; halved for causal shapes (the

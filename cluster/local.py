@@ -2,9 +2,9 @@
 
 `up` runs `ray start --head` bound to 127.0.0.1 (GCS, dashboard and job server; `--host ADDRESS` for a head
 that other machines join), with Ray's token authentication on; `up --join HEAD:PORT --host ADDRESS` starts a
-worker node of that cluster (it needs the head's token: the same RAY_AUTH_TOKEN or token file), and writes a small state file into the cluster's temp folder so `down` stops exactly
-this cluster (the processes whose command line names that folder) rather than every Ray process of the user
-(which is what `ray stop` does). Some Ray-internal ports (raylet, object manager) listen on all interfaces
+worker node of that cluster (it needs the head's token: the same RAY_AUTH_TOKEN or token file). Either writes
+a small state file into the cluster's temp folder so `down` stops exactly this node's processes (those whose
+command line names that folder) rather than every Ray process of the user (which is what `ray stop` does). Some Ray-internal ports (raylet, object manager) listen on all interfaces
 whatever the node address; the token is what protects them.
 
 Token: Ray reads it from RAY_AUTH_TOKEN, else the file RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token. `up`

@@ -323,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         cases += attention_cases(tuple(args.head_dims), tuple(args.dtypes or ("bf16", "fp16", "fp32")))
     print(f"compiling {len(cases)} kernel variants for sm_{ARCH}a ...", file=sys.stderr, flush=True)
     rows = report(cases, args.jobs)
-    failed = [r for r in rows if not r["ok"] and r["family"] in args.require and not r["variant"].startswith("candidate")]
+    failed = [r for r in rows
+              if not r["ok"] and r["family"] in args.require and not r["variant"].startswith("candidate")]
     result = {"report": "kernel-resources", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "target": f"sm_{ARCH}a", "max_shared_bytes": H100_MAX_SHARED, "versions": _versions(),
               "method": __doc__.split("\n\n")[1].replace("\n", " "), "rows": rows,

@@ -74,8 +74,8 @@ class TextConfig:
     tokens, padding included, of hidden_states[1], [2] and [-1], then the mean of the three (FLAIR
     flair/modeling/model.py TextModel.forward); `flair_masked` the same with padding left out of the token mean.
     Padding: cls and flair_masked never see the pads, so training batches are padded only to their longest
-    caption rounded up to 8 (pretrain.caption_padding.text_padding); flair's feature depends on how many pads there are,
-    so it keeps its fixed padding (max_text_len, or FLAIR's batch-longest under data.style flair)."""
+    caption rounded up to 8 (pretrain.caption_padding.text_padding); flair's feature depends on how many pads
+    there are, so it keeps its fixed padding (max_text_len, or FLAIR's batch-longest under data.style flair)."""
     unpad: bool = False
     """Run the encoder on the captions packed without padding (one row, position ids restarting per caption,
     kernels.attention.attention_varlen keeping each token within its caption), then pool per caption: the same
